@@ -1,0 +1,273 @@
+"""The registry of scores by output key, and `score()`, which runs the passes they need.
+
+Pass 1 (class sums) always runs; pass 2 streams the rows again against small matrices
+only for the scores that need per-row non-linear reductions; the all-pairs scores run
+in tiles, on a seeded sample when N exceeds the quadratic limit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..kernels import Backend, get_backend
+from .embeddings import EmbeddingSet
+from .errors import InputError
+from .stats import (ClassStats, PairwiseSilhouetteStats, SilhouetteClassStats, SilhouetteModalityStats,
+                    ZeroShotStats)
+
+GENSIL_ZERO_EPS = 1e-6
+DEFAULT_QUADRATIC_LIMIT = 50_000
+TARGET_CHUNK_BYTES = 64 << 20
+
+# pass names: "class" (pass 1), "zeroshot", "silhouette_class", "modality" (pass 2), "euclidean", "gensil" (tiles)
+CLUSTERING_PASSES = ("silhouette_class", "euclidean", "gensil")
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    key: str
+    meaning: str
+    passes: tuple[str, ...]
+    min_classes: int = 1
+
+    @property
+    def quadratic(self) -> bool:
+        return any(p in ("euclidean", "gensil") for p in self.passes)
+
+
+SCORES: dict[str, ScoreSpec] = {s.key: s for s in [
+    ScoreSpec("iimm", "Inter-Intra Modal Measure, ½(intra + inter): higher = more to gain and to forget",
+              ("class",), 2),
+    ScoreSpec("iimm_intra_image", "mean cosine similarity of all image pairs", ("class",)),
+    ScoreSpec("iimm_inter_modal", "mean cosine of each image to the texts of its incorrect classes", ("class",), 2),
+    ScoreSpec("acs", "mean cosine of each image to its correct class text", ("class",)),
+    ScoreSpec("gap", "modality gap: distance between the image mean and the class-text mean", ("class",)),
+    ScoreSpec("uniformity_text", "mean over classes of the cosine of its text to other classes' images",
+              ("class",), 2),
+    ScoreSpec("inter_text", "mean cosine between the texts of different classes", ("class",), 2),
+    ScoreSpec("zeroshot_top1", "zero-shot top-1 accuracy (argmax of image·text)", ("zeroshot",)),
+    ScoreSpec("zeroshot_top5", "zero-shot top-5 accuracy", ("zeroshot",)),
+    ScoreSpec("zeroshot_balanced", "zero-shot balanced accuracy (mean per-class recall)", ("zeroshot",)),
+    ScoreSpec("silhouette_modality", "silhouette of images vs class texts as two clusters, cosine distance",
+              ("class", "modality")),
+    ScoreSpec("silhouette_class", "silhouette of the images clustered by label, cosine distance",
+              ("class", "silhouette_class"), 2),
+    ScoreSpec("silhouette_class_euclidean", "silhouette of the images clustered by label, Euclidean distance",
+              ("class", "euclidean"), 2),
+    ScoreSpec("gensil", "generalised silhouette (power mean of cosine distances, exponent p) by label",
+              ("class", "gensil"), 2),
+]}
+
+
+@dataclass
+class ScoreReport:
+    """The result of `score`: `.scores` maps output key to float."""
+
+    scores: dict[str, float]
+    n: int
+    d: int
+    c: int
+    backend: str
+    device: str
+    seconds: float
+    input: str = "<memory>"
+    notes: list[str] = field(default_factory=list)
+    sample_rows: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = {"input": self.input, "n": self.n, "d": self.d, "c": self.c, "backend": self.backend,
+               "device": self.device, "seconds": round(self.seconds, 6), "version": __version__,
+               "scores": dict(self.scores)}
+        if self.notes:
+            out["notes"] = list(self.notes)
+        if self.sample_rows:
+            out["sample_rows"] = dict(self.sample_rows)
+        return out
+
+
+def resolve_keys(keys: Iterable[str] | str | None) -> list[str]:
+    """`None` or "all" -> every key; "a,b" or ["a", "b"] -> those, validated, in registry order."""
+    if keys is None or keys == "all":
+        return list(SCORES)
+    if isinstance(keys, str):
+        keys = [k for k in keys.split(",") if k.strip()]
+    keys = [k.strip() for k in keys]
+    unknown = [k for k in keys if k not in SCORES]
+    if unknown:
+        raise InputError(f"unknown metric {', '.join(repr(k) for k in unknown)}; valid keys: {', '.join(SCORES)}")
+    if not keys:
+        raise InputError(f"no metric requested; pass --metrics all or some of: {', '.join(SCORES)}")
+    return [k for k in SCORES if k in keys]
+
+
+def default_chunk_rows(d: int, itemsize: int) -> int:
+    return max(1024, TARGET_CHUNK_BYTES // max(1, d * itemsize))
+
+
+def score(embeddings: EmbeddingSet, keys: Iterable[str] | str | None = None, backend: str | Backend = "auto",
+          chunk_rows: int | None = None, *, device: str | None = None, gensil_p: float = 1.0,
+          sample: int | None = None, seed: int = 0, quadratic_limit: int = DEFAULT_QUADRATIC_LIMIT,
+          progress: Callable[[str, int, int], None] | None = None) -> ScoreReport:
+    """Compute the requested scores of an embedding set.
+
+    embeddings: an `EmbeddingSet` (image rows (N, D), labels (N,), texts (C, D)).
+    keys: output keys (see `SCORES`), None for all.
+    sample: row count for the all-pairs scores (scikit-learn's `sample_size`); when None
+        they use all rows up to `quadratic_limit` and a seeded sample of that size beyond.
+    progress: called as progress(stage, rows_done, rows_total).
+    """
+    started = time.perf_counter()
+    keys = resolve_keys(keys)
+    es = embeddings
+    be = backend if isinstance(backend, Backend) else get_backend(backend, device)
+    chunk_rows = chunk_rows or default_chunk_rows(es.d, es.image_dtype.itemsize)
+    _check_classes(es, keys)
+    passes = {p for k in keys for p in SCORES[k].passes}
+    report = ScoreReport({}, es.n, es.d, es.c, be.name, str(be.device), 0.0, es.source)
+
+    text = torch.as_tensor(es.text, dtype=torch.float64, device=be.device)
+    class_stats = run_pass1(es, be, chunk_rows, progress)
+    pass2 = run_pass2(es, be, chunk_rows, passes, class_stats, text, progress)
+    values = finalize_linear(class_stats, text, pass2)
+    for quad in ("euclidean", "gensil"):
+        if quad in passes:
+            key = "silhouette_class_euclidean" if quad == "euclidean" else "gensil"
+            values[key] = _quadratic_score(es, be, chunk_rows, quad, gensil_p, sample, seed, quadratic_limit,
+                                           report, key, progress)
+    report.scores = {k: float(values[k]) for k in keys}
+    for k, v in report.scores.items():
+        if not math.isfinite(v):
+            raise InputError(f"score {k} came out {v}; the embeddings are degenerate for it (check for "
+                             f"constant or duplicated rows)")
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _check_classes(es: EmbeddingSet, keys: list[str]) -> None:
+    nonempty = int(np.count_nonzero(np.bincount(es.label, minlength=es.c)))
+    for k in keys:
+        clustering = "class" in SCORES[k].passes and SCORES[k].passes[-1] in CLUSTERING_PASSES
+        have = nonempty if clustering else es.c
+        if have < SCORES[k].min_classes:
+            what = "classes with rows" if clustering else "classes"
+            raise InputError(f"{k} needs at least {SCORES[k].min_classes} {what}, the embeddings have {have}; "
+                             f"add classes or leave {k} out of --metrics")
+        if clustering and nonempty >= es.n:
+            raise InputError(f"{k} needs fewer classes than rows (2 ≤ classes ≤ N − 1), got {nonempty} classes "
+                             f"over {es.n} rows; leave it out of --metrics")
+
+
+def run_pass1(es: EmbeddingSet, be: Backend, chunk_rows: int, progress=None) -> ClassStats:
+    stats = ClassStats(es.c, es.d, be.device)
+    for start, rows, labels in es.iter_chunks(chunk_rows):
+        stats.update(be, start, rows, labels)
+        if progress:
+            progress("pass 1", start + len(rows), es.n)
+    return stats
+
+
+def run_pass2(es: EmbeddingSet, be: Backend, chunk_rows: int, passes: set[str], class_stats: ClassStats,
+              text: torch.Tensor, progress=None) -> dict:
+    """One read of the rows feeding every pass-2 accumulator that `passes` names."""
+    acc: dict = {}
+    if "zeroshot" in passes:
+        acc["zeroshot"] = ZeroShotStats(es.c, be.device)
+    if "silhouette_class" in passes:
+        acc["silhouette_class"] = SilhouetteClassStats(be.device)
+    if "modality" in passes:
+        acc["modality"] = SilhouetteModalityStats(be.device)
+    if not acc:
+        return acc
+    total = class_stats.sums.sum(0)
+    for start, rows, labels in es.iter_chunks(chunk_rows):
+        if "zeroshot" in acc:
+            acc["zeroshot"].update(be, start, rows, labels, text)
+        if "silhouette_class" in acc:
+            acc["silhouette_class"].update(be, start, rows, labels, class_stats)
+        if "modality" in acc:
+            acc["modality"].update(be, start, rows, labels, total, text.sum(0), es.n, es.c)
+        if progress:
+            progress("pass 2", start + len(rows), es.n)
+    return acc
+
+
+def finalize_linear(stats: ClassStats, text: torch.Tensor, pass2: dict) -> dict[str, float]:
+    """Every non-quadratic score from pass-1 sums (C, D) and the pass-2 accumulators, in float64."""
+    sums = stats.sums.double().cpu()
+    counts = stats.counts.cpu()
+    t = text.double().cpu()
+    n, c = int(counts.sum()), t.shape[0]
+    total, text_sum = sums.sum(0), t.sum(0)
+    correct = float((sums * t).sum())
+    intra = (float(total @ total) - float(stats.sq_norm_sum)) / (n * (n - 1))
+    out: dict[str, float] = {"iimm_intra_image": intra, "acs": correct / n,
+                             "gap": float(torch.linalg.vector_norm(total / n - text_sum / c))}
+    if c >= 2:
+        inter = (float(total @ text_sum) - correct) / (n * (c - 1))
+        out["iimm_inter_modal"] = inter
+        out["iimm"] = 0.5 * (intra + inter)
+        rest = n - counts.double()
+        per_class = ((total.unsqueeze(0) - sums) * t).sum(1) / rest.clamp_min(1.0)
+        out["uniformity_text"] = float(per_class[rest > 0].mean())
+        out["inter_text"] = (float(text_sum @ text_sum) - float(t.square().sum())) / (c * (c - 1))
+    if "zeroshot" in pass2:
+        zs = pass2["zeroshot"]
+        top1, top5 = zs.top1.cpu().double(), zs.top5.cpu().double()
+        present = counts > 0
+        out["zeroshot_top1"] = float(top1.sum()) / n
+        out["zeroshot_top5"] = float(top5.sum()) / n
+        out["zeroshot_balanced"] = float((top1[present] / counts[present].double()).mean())
+    if "silhouette_class" in pass2:
+        out["silhouette_class"] = float(pass2["silhouette_class"].s_sum) / n
+    if "modality" in pass2:
+        out["silhouette_modality"] = _silhouette_modality(pass2["modality"], t, total, n)
+    return out
+
+
+def _silhouette_modality(acc: SilhouetteModalityStats, t: torch.Tensor, total: torch.Tensor, n: int) -> float:
+    from .stats import silhouette_values
+
+    c = t.shape[0]
+    text_s = torch.zeros(c, dtype=torch.float64)
+    if c > 1:
+        own = t @ t.sum(0)
+        a = ((c - 1.0) - (own - t.square().sum(1))) / (c - 1.0)
+        b = 1.0 - (t @ total) / n
+        text_s = silhouette_values(a, b, torch.full_like(a, float(c)))
+    return (float(acc.s_sum) + float(text_s.sum())) / (n + c)
+
+
+def _quadratic_score(es: EmbeddingSet, be: Backend, chunk_rows: int, which: str, gensil_p: float,
+                     sample: int | None, seed: int, quadratic_limit: int, report: ScoreReport, key: str,
+                     progress=None) -> float:
+    rows = es.n
+    if sample is not None:
+        rows = min(sample, es.n)
+    elif es.n > quadratic_limit:
+        rows = quadratic_limit
+        report.notes.append(f"{key}: all-pairs score on a seeded sample of {rows} of {es.n} rows "
+                            f"(seed {seed}; raise --quadratic-limit or pass --sample for more)")
+    sub = es.sample(rows, seed) if rows < es.n else es
+    if rows < es.n:
+        report.sample_rows[key] = rows
+    counts = torch.as_tensor(np.bincount(sub.label, minlength=sub.c))
+    if int(np.count_nonzero(counts)) < 2 or int(np.count_nonzero(counts)) >= sub.n:
+        raise InputError(f"{key}: the sample of {sub.n} rows has {int(np.count_nonzero(counts))} classes; the "
+                         f"silhouette needs 2 ≤ classes ≤ rows − 1: pass a larger --sample")
+    if which == "euclidean":
+        acc = PairwiseSilhouetteStats("euclidean", 1.0, 0.0, be.device)
+    else:
+        acc = PairwiseSilhouetteStats("cosine", gensil_p, GENSIL_ZERO_EPS, be.device)
+    tile = min(chunk_rows, 4096)
+    for start, q_rows, q_labels in sub.iter_chunks(tile):
+        acc.update(be, start, q_rows, q_labels, sub.iter_chunks(tile), counts)
+        if progress:
+            progress(key, start + len(q_rows), sub.n)
+    return float(acc.s_sum) / int(acc.n)

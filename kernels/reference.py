@@ -1,0 +1,158 @@
+"""Every compute op in plain PyTorch, on any device.
+
+The oracle for the compiled kernels and the "pure-PyTorch path" the benchmarks
+compare against. Each op normalises its rows itself (fp32 for fp16/bf16/fp32
+input, fp64 for fp64 input), so callers pass rows exactly as stored.
+
+Op contract shared by every backend (`kernels.numba_cpu`, `kernels.triton_*`):
+
+- `class_sums(rows, labels, num_classes) -> ClassSums`
+- `cross_reduce(rows, labels, matrix, col_scale=None, col_valid=None) -> CrossReduce`
+- `pairwise_class_sums(queries, keys, key_labels, num_classes, *, metric, p,
+  query_offset, key_offset, zero_eps) -> PairwiseSums`
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+
+class ClassSums(NamedTuple):
+    """Pass-1 statistics of one chunk.
+
+    sums: (C, D) float64, Σ of the normalised rows of each class.
+    counts: (C,) int64 rows per class.
+    sq_norm_sum: () float64, Σ ‖x̂_i‖² over the chunk (≈ n).
+    first_bad: index in the chunk of the first zero-norm or non-finite row, -1 if none.
+    """
+
+    sums: torch.Tensor
+    counts: torch.Tensor
+    sq_norm_sum: torch.Tensor
+    first_bad: int
+
+
+class CrossReduce(NamedTuple):
+    """Per-row reductions of `s_ik = x̂_i · m_k` against a small (K, D) matrix.
+
+    correct: (n,) float64, s_{i, y_i}.
+    other_sum: (n,) float64, Σ_{k ≠ y_i} s_ik.
+    rank: (n,) int32, #{k : s_ik > s_{i, y_i}} (0 is a top-1 hit; ties count as hits).
+    best_other: (n,) float64, max over k ≠ y_i with col_valid[k] of col_scale[k]·s_ik
+        (-inf when no such k).
+    sq_norm: (n,) float64, ‖x̂_i‖².
+    first_bad: index of the first zero-norm or non-finite row, -1 if none.
+    """
+
+    correct: torch.Tensor
+    other_sum: torch.Tensor
+    rank: torch.Tensor
+    best_other: torch.Tensor
+    sq_norm: torch.Tensor
+    first_bad: int
+
+
+class PairwiseSums(NamedTuple):
+    """Per-query, per-key-class sums over all (query, key) pairs.
+
+    sums: (m, C) float64, Σ d_ij^p over keys j of class c (log d_ij when p == 0),
+        counting only pairs with i ≠ j (global index) and d_ij > zero_eps.
+    counts: (m, C) int64, the number of pairs summed.
+    """
+
+    sums: torch.Tensor
+    counts: torch.Tensor
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def as_tensor(rows, device: torch.device | str | None = None) -> torch.Tensor:
+    """A NumPy array (memory-mapped or not) or tensor as a tensor on `device`, zero-copy on CPU."""
+    if not isinstance(rows, torch.Tensor):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only memmaps: no op writes to its rows
+            rows = torch.from_numpy(np.asarray(rows))
+    return rows if device is None else rows.to(device)
+
+
+def normalise_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """rows: (n, D) -> (x̂ (n, D) fp32/fp64, ‖x̂‖² (n,) float64, first bad row or -1)."""
+    x = rows.to(compute_dtype(rows.dtype))
+    norm = torch.linalg.vector_norm(x, dim=1)
+    bad = ~torch.isfinite(norm) | (norm == 0)
+    first_bad = int(torch.nonzero(bad)[0, 0]) if bool(bad.any()) else -1
+    x = x / norm.clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(1)
+    return x, x.double().square().sum(1), first_bad
+
+
+def class_sums(rows: torch.Tensor, labels: torch.Tensor, num_classes: int) -> ClassSums:
+    """rows: (n, D) float; labels: (n,) int64 in [0, C) -> ClassSums."""
+    x, sq_norm, first_bad = normalise_rows(rows)
+    labels = labels.to(x.device)
+    sums = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=x.device)
+    sums.index_add_(0, labels, x.double())
+    counts = torch.bincount(labels, minlength=num_classes)
+    return ClassSums(sums, counts, sq_norm.sum(), first_bad)
+
+
+def cross_reduce(rows: torch.Tensor, labels: torch.Tensor, matrix: torch.Tensor,
+                 col_scale: torch.Tensor | None = None, col_valid: torch.Tensor | None = None) -> CrossReduce:
+    """rows: (n, D); labels: (n,) int64 in [0, K); matrix: (K, D); col_scale: (K,); col_valid: (K,) bool."""
+    x, sq_norm, first_bad = normalise_rows(rows)
+    labels = labels.to(x.device)
+    sims = (x @ matrix.to(x.device, x.dtype).T).double()
+    correct = sims.gather(1, labels.unsqueeze(1)).squeeze(1)
+    other_sum = sims.sum(1) - correct
+    rank = (sims > correct.unsqueeze(1)).sum(1, dtype=torch.int32)
+    scaled = sims if col_scale is None else sims * col_scale.to(sims.device, torch.float64)
+    masked = torch.ones_like(sims, dtype=torch.bool)
+    masked.scatter_(1, labels.unsqueeze(1), False)
+    if col_valid is not None:
+        masked &= col_valid.to(sims.device).unsqueeze(0)
+    best_other = scaled.masked_fill(~masked, -math.inf).amax(1) if sims.shape[1] else correct.new_full(correct.shape, -math.inf)
+    return CrossReduce(correct, other_sum, rank, best_other, sq_norm, first_bad)
+
+
+def pairwise_distances(xq: torch.Tensor, xk: torch.Tensor, metric: str) -> torch.Tensor:
+    """Unit rows xq: (m, D), xk: (n, D) -> (m, n) cosine (1 - cos) or Euclidean distances."""
+    dots = xq @ xk.T
+    if metric == "cosine":
+        return (1.0 - dots).clamp_min(0.0)
+    if metric == "euclidean":
+        sq_q = xq.square().sum(1, keepdim=True)
+        sq_k = xk.square().sum(1).unsqueeze(0)
+        return (sq_q + sq_k - 2.0 * dots).clamp_min(0.0).sqrt()
+    raise ValueError(f"unknown metric {metric!r}; use 'cosine' or 'euclidean'")
+
+
+def pairwise_class_sums(queries: torch.Tensor, keys: torch.Tensor, key_labels: torch.Tensor, num_classes: int, *,
+                        metric: str = "euclidean", p: float = 1.0, query_offset: int = 0, key_offset: int = 0,
+                        zero_eps: float = 0.0) -> PairwiseSums:
+    """queries: (m, D), keys: (n, D), key_labels: (n,) int64 -> PairwiseSums (m, C).
+
+    Rows are normalised first; pair (i, j) is the global pair (query_offset + i, key_offset + j).
+    """
+    xq, _, _ = normalise_rows(queries)
+    xk, _, _ = normalise_rows(keys)
+    key_labels = key_labels.to(xk.device)
+    dist = pairwise_distances(xq, xk.to(xq.dtype), metric).double()
+    keep = dist > zero_eps
+    qi = torch.arange(xq.shape[0], device=xq.device) + query_offset
+    kj = torch.arange(xk.shape[0], device=xk.device) + key_offset
+    keep &= qi.unsqueeze(1) != kj.unsqueeze(0)
+    if p == 1.0:
+        term = dist
+    elif p == 0.0:
+        term = torch.log(dist.clamp_min(torch.finfo(torch.float64).tiny))
+    else:
+        term = dist.clamp_min(torch.finfo(torch.float64).tiny).pow(p)
+    term = term.masked_fill(~keep, 0.0)
+    onehot = torch.nn.functional.one_hot(key_labels, num_classes).to(torch.float64)
+    return PairwiseSums(term @ onehot, (keep.double() @ onehot).round().long())
