@@ -137,12 +137,14 @@ def pairwise_class_sums(queries: torch.Tensor, keys: torch.Tensor, key_labels: t
                         zero_eps: float = 0.0) -> PairwiseSums:
     """queries: (m, D), keys: (n, D), key_labels: (n,) int64 -> PairwiseSums (m, C).
 
-    Rows are normalised first; pair (i, j) is the global pair (query_offset + i, key_offset + j).
+    Rows are normalised first, distances computed in float64; pair (i, j) is the global pair
+    (query_offset + i, key_offset + j).
     """
-    xq, _, _ = normalise_rows(queries)
-    xk, _, _ = normalise_rows(keys)
+    # float64: near-duplicate rows put distances near 0, where sqrt turns fp32 rounding into 1e-4 errors.
+    xq = normalise_rows(queries)[0].double()
+    xk = normalise_rows(keys)[0].double().to(xq.device)
     key_labels = key_labels.to(xk.device)
-    dist = pairwise_distances(xq, xk.to(xq.dtype), metric).double()
+    dist = pairwise_distances(xq, xk, metric)
     keep = dist > zero_eps
     qi = torch.arange(xq.shape[0], device=xq.device) + query_offset
     kj = torch.arange(xk.shape[0], device=xk.device) + key_offset

@@ -1,0 +1,1 @@
+"""The thin Click layer: parse options, call the engine, render, write files."""

@@ -1,0 +1,89 @@
+"""Rendering results as a table for people, JSON or CSV for programs, and atomic file writes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import click
+
+from ..engine.errors import InputError
+
+FORMATS = ("table", "json", "csv")
+
+
+def format_value(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.6f}"
+    return str(v)
+
+
+def table(rows: list[list[str]], header: list[str] | None = None) -> str:
+    """Left-aligned columns; numbers right-aligned."""
+    body = ([header] if header else []) + [[format_value(c) for c in r] for r in rows]
+    if not body:
+        return ""
+    widths = [max(len(r[i]) for r in body if i < len(r)) for i in range(max(len(r) for r in body))]
+
+    def line(r):
+        cells = []
+        for i, cell in enumerate(r):
+            numeric = cell.replace(".", "", 1).replace("-", "", 1).isdigit()
+            cells.append(cell.rjust(widths[i]) if numeric else cell.ljust(widths[i]))
+        return "  ".join(cells).rstrip()
+
+    out = [line(r) for r in body]
+    if header:
+        out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def to_json(obj) -> str:
+    return json.dumps(obj, indent=2, allow_nan=False)
+
+
+def to_csv(rows: list[dict]) -> str:
+    """One CSV line per dict; columns in first-seen order."""
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see a half-written file."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise InputError(f"cannot write {path}: folder {path.parent} does not exist; create it or choose another "
+                         f"--output")
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def emit(text: str, output: str | None) -> None:
+    """Print to stdout, or write atomically to `output` and say so on stderr."""
+    if not text.endswith("\n"):
+        text += "\n"
+    if output:
+        write_atomic(output, text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
