@@ -175,7 +175,10 @@ def run_pass1(es: EmbeddingSet, be: Backend, chunk_rows: int, progress=None) -> 
 
 def run_pass2(es: EmbeddingSet, be: Backend, chunk_rows: int, passes: set[str], class_stats: ClassStats,
               text: torch.Tensor, progress=None) -> dict:
-    """One read of the rows feeding every pass-2 accumulator that `passes` names."""
+    """One read of the rows feeding every pass-2 accumulator that `passes` names.
+
+    class_stats: pass-1 statistics of the whole set (merged over shards when `es` is one shard).
+    """
     acc: dict = {}
     if "zeroshot" in passes:
         acc["zeroshot"] = ZeroShotStats(es.c, be.device)
@@ -185,14 +188,14 @@ def run_pass2(es: EmbeddingSet, be: Backend, chunk_rows: int, passes: set[str], 
         acc["modality"] = SilhouetteModalityStats(be.device)
     if not acc:
         return acc
-    total = class_stats.sums.sum(0)
+    total, n_total = class_stats.sums.sum(0), class_stats.n  # of all rows, when `es` is one shard of many
     for start, rows, labels in es.iter_chunks(chunk_rows):
         if "zeroshot" in acc:
             acc["zeroshot"].update(be, start, rows, labels, text)
         if "silhouette_class" in acc:
             acc["silhouette_class"].update(be, start, rows, labels, class_stats)
         if "modality" in acc:
-            acc["modality"].update(be, start, rows, labels, total, text.sum(0), es.n, es.c)
+            acc["modality"].update(be, start, rows, labels, total, text.sum(0), n_total, es.c)
         if progress:
             progress("pass 2", start + len(rows), es.n)
     return acc

@@ -1,0 +1,118 @@
+"""`iimm score` end to end: formats, files written whole, every bad input as one line and a non-zero exit."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import naive_scores as naive
+from iimm.cli.main import cli, main
+from synthetic import structured
+
+
+@pytest.fixture
+def npz(tmp_path):
+    x, y, t = structured(0, 150, 19, 5)
+    path = tmp_path / "task.npz"
+    np.savez(path, image=x, label=y, text=t)
+    return path, (x, y, t)
+
+
+def run_main(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+def test_json_is_one_object_with_the_documented_fields(npz):
+    path, (x, y, t) = npz
+    res = CliRunner().invoke(cli, ["score", "--embeddings", str(path), "--format", "json", "--backend", "torch",
+                                   "--no-progress"])
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout)
+    assert {"input", "n", "d", "c", "backend", "device", "seconds", "version", "scores"} <= set(obj)
+    assert (obj["n"], obj["d"], obj["c"], obj["backend"]) == (150, 19, 5, "torch")
+    want = naive.all_scores(x, y, t)
+    assert set(obj["scores"]) == set(want)
+    for k, v in want.items():
+        assert obj["scores"][k] == pytest.approx(v, rel=1e-6, abs=1e-7)
+
+
+def test_table_and_csv(npz, tmp_path):
+    path, _ = npz
+    res = CliRunner().invoke(cli, ["score", "--embeddings", str(path), "--metrics", "iimm,gap", "--backend", "torch"])
+    assert res.exit_code == 0
+    lines = res.stdout.splitlines()
+    assert any(l.startswith("iimm ") and "Inter-Intra" in l for l in lines)
+    assert not any(l.startswith("acs") for l in lines)
+    out = tmp_path / "s.csv"
+    res = CliRunner().invoke(cli, ["score", "--embeddings", str(path), "--metrics", "iimm,acs", "--format", "csv",
+                                   "--backend", "torch", "-o", str(out)])
+    assert res.exit_code == 0
+    row = next(csv.DictReader(io.StringIO(out.read_text())))
+    assert {"iimm", "acs", "n"} <= set(row) and "gap" not in row and float(row["n"]) == 150
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--metrics", "iimm,bogus"], "unknown metric 'bogus'; valid keys: iimm"),
+    (["--backend", "cuda-magic"], "unknown backend 'cuda-magic'"),
+    (["--backend", "triton", "--device", "cpu"], "triton backend needs a CUDA GPU"),
+    (["--device", "cuda"], "no CUDA GPU is visible"),
+])
+def test_bad_options_are_one_line_errors(npz, capsys, args, message, tmp_path, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    path, _ = npz
+    out = tmp_path / "never.json"
+    code, stdout, stderr = run_main(["score", "--embeddings", str(path), "--format", "json", "-o", str(out)] + args,
+                                    capsys)
+    assert code != 0
+    assert message in stderr and stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert not out.exists() and list(tmp_path.glob(".never*")) == []
+
+
+@pytest.mark.parametrize("arrays,message", [
+    (lambda x, y, t: dict(image=x, label=y, text=t[:, :3]), "D=19 but text embeddings have D=3"),
+    (lambda x, y, t: dict(image=x, label=np.where(y == 0, -2, y), text=t), "labels must be class indices"),
+    (lambda x, y, t: dict(image=np.where(np.arange(len(x))[:, None] == 5, np.nan, x), label=y, text=t),
+     "row 5 has NaN or Inf"),
+    (lambda x, y, t: dict(image=np.where(np.arange(len(x))[:, None] == 7, 0.0, x), label=y, text=t),
+     "row 7 is all zeros"),
+    (lambda x, y, t: dict(image=x[:1], label=y[:1], text=t), "at least 2 rows"),
+    (lambda x, y, t: dict(image=x, text=t), "lacks the array(s) label"),
+    (lambda x, y, t: dict(image=x, label=np.zeros_like(y), text=t[:1]), "needs at least 2 classes"),
+])
+def test_bad_embeddings_are_one_line_errors(tmp_path, capsys, arrays, message):
+    x, y, t = structured(1, 60, 19, 4)
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays(x, y, t))
+    out = tmp_path / "out.csv"
+    code, stdout, stderr = run_main(["score", "--embeddings", str(path), "--backend", "torch", "--format", "csv",
+                                     "-o", str(out)], capsys)
+    assert code == 2 and message in stderr, stderr
+    assert stderr.count("\n") == 1 and stdout == ""
+    assert not out.exists()
+
+
+def test_missing_file_and_debug_traceback(tmp_path, capsys):
+    code, _, stderr = run_main(["score", "--embeddings", str(tmp_path / "none.npz")], capsys)
+    assert code == 2 and "embeddings not found" in stderr and "Traceback" not in stderr
+    from iimm.engine.errors import InputError
+    with pytest.raises(InputError):
+        main(["--debug", "score", "--embeddings", str(tmp_path / "none.npz")])
+
+
+def test_installed_console_script(npz):
+    path, (x, y, t) = npz
+    res = subprocess.run(["iimm", "score", "--embeddings", str(path), "--metrics", "iimm", "--format", "json",
+                          "--backend", "torch"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["scores"]["iimm"] == pytest.approx(naive.all_scores(x, y, t)["iimm"], rel=1e-6)
+    res = subprocess.run([sys.executable, "-m", "iimm.cli.main", "score", "--embeddings", "/no/such.npz"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.startswith("iimm: error: embeddings not found")
