@@ -8,6 +8,8 @@ import click
 
 from .. import __version__
 from ..engine.errors import IimmError
+from .collect import collect
+from .predict import predict
 from .score import score
 
 
@@ -18,7 +20,8 @@ def cli(debug: bool) -> None:
     """iimm: how much will fine-tuning a vision-language model gain on a task, and what will it forget?"""
 
 
-cli.add_command(score)
+for command in (score, predict, collect):
+    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,9 +1,17 @@
 """The iimm library: everything a Python user imports. No Click, no printing."""
 
+from .catalog import Catalog, Dataset, load_catalog
 from .embeddings import EmbeddingSet, load_embeddings
 from .errors import BackendUnavailable, IimmError, InputError
+from .plots import plot_calibration
+from .predict import (OUTCOMES, Calibration, LinearFit, Prediction, RankCorrelation, TaskPoint, fit_calibration,
+                      fit_line, rank_among, rank_correlations, task_points)
+from .predict import predict as predict_outcomes
 from .scores import SCORES, ScoreReport, score
 from .stats import ClassStats
 
 __all__ = ["EmbeddingSet", "load_embeddings", "score", "ScoreReport", "SCORES", "ClassStats",
-           "IimmError", "InputError", "BackendUnavailable"]
+           "IimmError", "InputError", "BackendUnavailable",
+           "Catalog", "Dataset", "load_catalog", "plot_calibration",
+           "OUTCOMES", "Calibration", "LinearFit", "Prediction", "RankCorrelation", "TaskPoint", "fit_calibration",
+           "fit_line", "rank_among", "rank_correlations", "task_points", "predict_outcomes"]

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from ..engine.errors import BackendUnavailable, InputError
+from ..errors import BackendUnavailable, InputError
 from . import reference
 from .reference import ClassSums, CrossReduce, PairwiseSums, as_tensor
 

@@ -122,14 +122,13 @@ def cross_reduce(rows: torch.Tensor, labels: torch.Tensor, matrix: torch.Tensor,
 
 def pairwise_distances(xq: torch.Tensor, xk: torch.Tensor, metric: str) -> torch.Tensor:
     """Unit rows xq: (m, D), xk: (n, D) -> (m, n) cosine (1 - cos) or Euclidean distances."""
-    dots = xq @ xk.T
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"unknown metric {metric!r}; use 'cosine' or 'euclidean'")
+    dist = xq @ xk.T
     if metric == "cosine":
-        return (1.0 - dots).clamp_min(0.0)
-    if metric == "euclidean":
-        sq_q = xq.square().sum(1, keepdim=True)
-        sq_k = xk.square().sum(1).unsqueeze(0)
-        return (sq_q + sq_k - 2.0 * dots).clamp_min(0.0).sqrt()
-    raise ValueError(f"unknown metric {metric!r}; use 'cosine' or 'euclidean'")
+        return dist.neg_().add_(1.0).clamp_min_(0.0)
+    dist.mul_(-2.0).add_(xq.square().sum(1, keepdim=True)).add_(xk.square().sum(1).unsqueeze(0))
+    return dist.clamp_min_(0.0).sqrt_()
 
 
 def pairwise_class_sums(queries: torch.Tensor, keys: torch.Tensor, key_labels: torch.Tensor, num_classes: int, *,
@@ -143,18 +142,19 @@ def pairwise_class_sums(queries: torch.Tensor, keys: torch.Tensor, key_labels: t
     # float64: near-duplicate rows put distances near 0, where sqrt turns fp32 rounding into 1e-4 errors.
     xq = normalise_rows(queries)[0].double()
     xk = normalise_rows(keys)[0].double().to(xq.device)
-    key_labels = key_labels.to(xk.device)
     dist = pairwise_distances(xq, xk, metric)
     keep = dist > zero_eps
-    qi = torch.arange(xq.shape[0], device=xq.device) + query_offset
-    kj = torch.arange(xk.shape[0], device=xk.device) + key_offset
-    keep &= qi.unsqueeze(1) != kj.unsqueeze(0)
-    if p == 1.0:
-        term = dist
-    elif p == 0.0:
-        term = torch.log(dist.clamp_min(torch.finfo(torch.float64).tiny))
+    lo, hi = max(query_offset, key_offset), min(query_offset + xq.shape[0], key_offset + xk.shape[0])
+    if hi > lo:  # the tile holds self pairs (i == j globally): leave them out
+        own = torch.arange(lo, hi, device=xq.device)
+        keep[own - query_offset, own - key_offset] = False
+    if p == 0.0:
+        term = dist.clamp_min_(torch.finfo(torch.float64).tiny).log_()
+    elif p != 1.0:
+        term = dist.clamp_min_(torch.finfo(torch.float64).tiny).pow_(p)
     else:
-        term = dist.clamp_min(torch.finfo(torch.float64).tiny).pow(p)
-    term = term.masked_fill(~keep, 0.0)
-    onehot = torch.nn.functional.one_hot(key_labels, num_classes).to(torch.float64)
-    return PairwiseSums(term @ onehot, (keep.double() @ onehot).round().long())
+        term = dist
+    term.masked_fill_(~keep, 0.0)
+    onehot = torch.nn.functional.one_hot(key_labels.to(xq.device), num_classes).to(torch.float64)
+    counts = keep.to(torch.float32) @ onehot.to(torch.float32)  # exact below 2**24 keys per tile
+    return PairwiseSums(term @ onehot, counts.round_().long())

@@ -1,0 +1,74 @@
+"""Issue-2 speed targets, each as a ratio against a peer measured in the same run.
+
+    python -m pytest benches/bench_scores.py --benchmark-only -s
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import silhouette_score
+
+from iimm.engine import EmbeddingSet, score
+from peers import record_ratio, structured_embeddings, time_once
+
+N, D, C = 20_000, 512, 10
+
+
+@pytest.fixture(scope="module")
+def task():
+    x, y, t = structured_embeddings(N, D, C)
+    return x, y, t, EmbeddingSet.from_arrays(x, y, t)
+
+
+def naive_blocked_iimm(x, y, t, block=2048):
+    """The O(N²) definition: every pair i<j in blocks (float64), and every image against its wrong classes."""
+    xu = torch.as_tensor(x, dtype=torch.float64)
+    xu = xu / xu.norm(dim=1, keepdim=True)
+    tu = torch.as_tensor(t, dtype=torch.float64)
+    tu = tu / tu.norm(dim=1, keepdim=True)
+    n = len(xu)
+    pair_sum = 0.0
+    for i in range(0, n, block):
+        for j in range(i, n, block):
+            g = xu[i:i + block] @ xu[j:j + block].T
+            if i == j:
+                g = torch.triu(g, diagonal=1)
+            pair_sum += float(g.sum())
+    intra = pair_sum / (n * (n - 1) / 2)
+    sims = xu @ tu.T
+    wrong = torch.ones_like(sims, dtype=torch.bool)
+    wrong[torch.arange(n), torch.as_tensor(y)] = False
+    inter = float((sims * wrong).sum(1).mean()) / (tu.shape[0] - 1)
+    return 0.5 * (intra + inter)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_iimm_vs_naive_pairwise(benchmark, task, backend):
+    x, y, t, es = task
+    peer_s, want = time_once(naive_blocked_iimm, x, y, t)
+    got = benchmark(lambda: score(es, ["iimm"], backend=backend).scores["iimm"])
+    assert abs(got - want) < 1e-6
+    record_ratio(benchmark, "naive_pairwise", peer_s)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_silhouette_class_vs_sklearn(benchmark, task, backend):
+    x, y, t, es = task
+    xu = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    peer_s, want = time_once(silhouette_score, xu, y, metric="cosine")
+    got = benchmark(lambda: score(es, ["silhouette_class"], backend=backend).scores["silhouette_class"])
+    assert abs(got - want) < 1e-6
+    record_ratio(benchmark, "sklearn", peer_s)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_silhouette_euclidean_vs_sklearn(benchmark, task, backend):
+    x, y, t, es = task
+    xu = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    peer_s, want = time_once(silhouette_score, xu, y, metric="euclidean")
+    key = "silhouette_class_euclidean"
+    got = benchmark.pedantic(lambda: score(es, [key], backend=backend).scores[key], rounds=1, iterations=1)
+    assert abs(got - want) < 1e-6
+    record_ratio(benchmark, "sklearn", peer_s)

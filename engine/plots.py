@@ -1,0 +1,84 @@
+"""Calibration plots (matplotlib, Agg backend): score vs each outcome, fit line and interval band."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .predict import Calibration, task_points
+
+OUTCOME_LABELS = {"gain": "in-domain gain", "normalized_gain": "normalised gain",
+                  "forgetting": "forgetting (mean OOD change)"}
+
+
+def plot_calibration(calibration: Calibration, records: Sequence[dict] | None, path_png: str | os.PathLike,
+                     level: float = 0.90, outcomes: Sequence[str] = ("gain", "forgetting"),
+                     highlight: tuple[str, float] | None = None) -> Path:
+    """Draw one panel per fitted outcome: tasks labelled by name, fit line, `level` prediction band.
+
+    records: fine-tune records to plot (filtered to the calibration's model/method), or None
+    to plot the calibration's own tasks. highlight: `(label, score)` of a new task, drawn at
+    its predicted value on every panel. The PNG is written atomically.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    key = calibration.score_key
+    fitted = [o for o in outcomes if o in calibration.fits.get(key, {})]
+    if not fitted:
+        raise InputError(f"calibration has no fit of {', '.join(outcomes)} on {key}; nothing to plot")
+    points = calibration.points if records is None else task_points(
+        records, calibration.model, calibration.method, calibration.pretrained)
+    fig = Figure(figsize=(5.2 * len(fitted), 4.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(fitted), squeeze=False)[0]
+    for ax, outcome in zip(axes, fitted):
+        fit = calibration.fits[key][outcome]
+        shown = [p for p in points if key in p.scores and outcome in p.outcomes]
+        xs = np.array([p.scores[key] for p in shown] + list(calibration.score_range)
+                      + ([highlight[1]] if highlight else []))
+        pad = 0.08 * max(float(np.ptp(xs)), 1e-6)
+        grid = np.linspace(xs.min() - pad, xs.max() + pad, 200)
+        band = np.array([fit.interval(float(g), level) for g in grid])
+        ax.fill_between(grid, band[:, 1], band[:, 2], color="tab:blue", alpha=0.15,
+                        label=f"{level:.0%} prediction interval")
+        ax.plot(grid, band[:, 0], color="tab:blue",
+                label=f"fit: {fit.intercept:+.3f} {fit.slope:+.3f}·{key}  (R²={fit.r2:.2f}, p={fit.p_value:.2g})")
+        ax.scatter([p.scores[key] for p in shown], [p.outcomes[outcome] for p in shown], color="black", zorder=3)
+        for p in shown:
+            ax.annotate(p.task, (p.scores[key], p.outcomes[outcome]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8)
+        if highlight:
+            label, score = highlight
+            value, low, high = fit.interval(float(score), level)
+            ax.errorbar([score], [value], yerr=[[value - low], [high - value]], fmt="D", color="tab:red",
+                        capsize=4, zorder=4, label=f"{label} (predicted)")
+        lo, hi = calibration.score_range
+        ax.axvspan(lo, hi, color="grey", alpha=0.07, label="calibration range")
+        ax.set_xlabel(key)
+        ax.set_ylabel(OUTCOME_LABELS.get(outcome, outcome))
+        ax.set_title(f"{calibration.model} / {calibration.method}: {outcome}")
+        ax.legend(fontsize=7, loc="best")
+    return save_figure_atomic(fig, path_png)
+
+
+def save_figure_atomic(fig, path_png: str | os.PathLike) -> Path:
+    """Save a matplotlib figure as PNG to a temporary file beside `path_png`, then rename it."""
+    path = Path(path_png)
+    if not path.parent.is_dir():
+        raise InputError(f"cannot write plot {path}: folder {path.parent} does not exist; create it or pick "
+                         f"another path")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=120)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
