@@ -11,6 +11,7 @@ from ..engine.errors import IimmError
 from .collect import collect
 from .predict import predict
 from .score import score
+from .screen import screen_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -20,7 +21,7 @@ def cli(debug: bool) -> None:
     """iimm: how much will fine-tuning a vision-language model gain on a task, and what will it forget?"""
 
 
-for command in (score, predict, collect):
+for command in (score, screen_cmd, predict, collect):
     cli.add_command(command)
 
 

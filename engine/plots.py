@@ -82,3 +82,35 @@ def save_figure_atomic(fig, path_png: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def plot_screen(rows: Sequence, path_png: str | os.PathLike) -> Path:
+    """Horizontal bars of each dataset × model, ranked: predicted gain with its interval when calibrated, else IIMM.
+
+    rows: `ScreenRow`s in the order to draw them (best first).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not rows:
+        raise InputError("no screened dataset to plot; check the catalog and the failures listed above")
+    calibrated = all(any("gain" in o for o in r.predictions.values()) for r in rows)
+    values, errors, labels = [], [], []
+    for r in rows:
+        labels.append(f"{r.dataset} · {r.model}")
+        if calibrated:
+            gain = next(o["gain"] for o in r.predictions.values() if "gain" in o)
+            values.append(gain["value"])
+            errors.append((gain["value"] - gain["low"], gain["high"] - gain["value"]))
+        else:
+            values.append(r.iimm)
+    fig = Figure(figsize=(7.5, 1.2 + 0.35 * len(rows)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ys = np.arange(len(rows))[::-1]
+    xerr = np.array(errors).T if calibrated else None
+    ax.barh(ys, values, xerr=xerr, color="tab:blue" if calibrated else "tab:gray", capsize=3)
+    ax.set_yticks(ys, labels, fontsize=8)
+    ax.set_xlabel("predicted in-domain gain (90% interval)" if calibrated else "IIMM (higher: more to gain and to forget)")
+    ax.set_title("iimm screen")
+    return save_figure_atomic(fig, path_png)

@@ -1,0 +1,86 @@
+"""`iimm screen`: every catalog dataset × model, ranked by predicted gain (by IIMM when uncalibrated)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..engine.catalog import load_catalog
+from ..engine.plots import plot_screen
+from ..engine.predict import Calibration
+from ..engine.screen import screen
+from .render import FORMATS, emit, table, to_csv, to_json
+
+
+def screen_table(result) -> str:
+    methods = list(dict.fromkeys(m for r in result.rows for m in r.predictions))
+    header = ["rank", "dataset", "model", "iimm", "images"]
+    for m in methods:
+        header += [f"{m} gain", "90% interval", f"{m} forgetting"]
+    rows = []
+    for rank, r in enumerate(result.ranked, 1):
+        cells = [str(rank), r.dataset, r.model, r.iimm, str(r.images)]
+        for m in methods:
+            p = r.predictions.get(m)
+            if p is None:
+                cells += ["", "", ""]
+                continue
+            g, f = p.get("gain"), p.get("forgetting")
+            flag = "" if r.in_range[m] else " (outside calibration)"
+            cells += [g["value"] if g else "", f"[{g['low']:.3f}, {g['high']:.3f}]{flag}" if g else "",
+                      f["value"] if f else ""]
+        rows.append(cells)
+    return table(rows, header)
+
+
+@click.command("screen")
+@click.argument("catalog", type=click.Path(dir_okay=False))
+@click.option("--model", "models", multiple=True, required=True, help="Model alias or architecture (repeatable).")
+@click.option("--pretrained", help="Weights for every --model that is a bare architecture.")
+@click.option("--calibration", "calibrations", multiple=True, type=click.Path(dir_okay=False),
+              help="Calibration JSON from `iimm calibrate` (repeatable; matched to models by name).")
+@click.option("--metrics", default="iimm", show_default=True, help="Scores to compute besides iimm ('all' for every one).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the table/CSV/JSON here.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="PNG chart (default: beside --output, same stem).")
+@click.option("--backend", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), help="DataLoader workers (default: cores − 1).")
+@click.option("--store", type=click.Path(file_okay=False), help="Embedding store (default $IIMM_HOME or ~/.cache/iimm).")
+@click.option("--include-probes", is_flag=True, help="Also screen the catalog's probe-only datasets.")
+def screen_cmd(catalog, models, pretrained, calibrations, metrics, fmt, output, plot, backend, device, batch_size,
+               workers, store, include_probes):
+    """Score every dataset of CATALOG with every --model and rank them by predicted gain."""
+    cat = load_catalog(catalog)
+    cals = [Calibration.from_json(c) for c in calibrations]
+    keys = None if metrics == "all" else [k for k in metrics.split(",") if k.strip()]
+    embed_options = {"batch_size": batch_size, "workers": workers, "store": store}
+
+    def on_failure(dataset, model, message):
+        click.echo(f"iimm: {dataset} × {model} failed: {message}", err=True)
+
+    result = screen(cat, models, calibrations=cals, pretrained=pretrained, keys=keys, backend=backend, device=device,
+                    embed_options=embed_options, include_probes=include_probes, on_failure=on_failure)
+    ranked = result.ranked
+    if fmt == "json":
+        text = to_json({"catalog": catalog, "rows": [r.to_dict() for r in ranked],
+                        "failures": [{"dataset": d, "model": m, "error": e} for d, m, e in result.failures]})
+    elif fmt == "csv":
+        text = to_csv([r.flat() for r in ranked])
+    else:
+        text = screen_table(result)
+    emit(text, output)
+    plot_path = plot or (str(Path(output).with_suffix(".png")) if output else None)
+    if plot_path and ranked:
+        plot_screen(ranked, plot_path)
+        click.echo(f"wrote {plot_path}", err=True)
+    if result.failures:
+        click.echo(f"iimm: {len(result.failures)} of {len(result.failures) + len(result.rows)} dataset × model "
+                   f"runs failed:", err=True)
+        for d, m, e in result.failures:
+            click.echo(f"  {d} × {m}: {e}", err=True)
+        sys.exit(1)
+

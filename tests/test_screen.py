@@ -1,0 +1,72 @@
+"""`iimm screen` over a catalog of tiny digit tasks with a tiny model: ranking, files, a broken dataset alone."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from iimm.cli.main import cli
+from iimm.engine import load_catalog, score
+from iimm.engine.extract import embed_dataset
+from iimm.engine.screen import screen
+
+
+def digit_task(root, digits_png_dir, name, classes):
+    task = root / name
+    for c in classes:
+        shutil.copytree(digits_png_dir / c, task / c)
+    return task
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory, digits_png_dir):
+    root = tmp_path_factory.mktemp("catalog")
+    classes = sorted(p.name for p in digits_png_dir.iterdir())
+    digit_task(root, digits_png_dir, "low", classes[:4])
+    digit_task(root, digits_png_dir, "high", classes[4:])
+    digit_task(root, digits_png_dir, "all", classes)
+    digit_task(root, digits_png_dir, "broken", classes[:1])  # one class: IIMM is undefined
+    (root / "catalog.toml").write_text("\n".join(
+        f'[[dataset]]\nname = "{n}"\npath = "{n}"\n' for n in ("low", "high", "all", "broken")))
+    return root / "catalog.toml"
+
+
+def test_screen_ranks_by_iimm_and_reports_the_broken_dataset(catalog, tiny_model_dir, tmp_path):
+    model = f"local-dir:{tiny_model_dir}"
+    out = tmp_path / "screen.csv"
+    res = CliRunner().invoke(cli, ["screen", str(catalog), "--model", model, "--format", "csv", "-o", str(out),
+                                   "--backend", "torch", "--workers", "0", "--store", str(tmp_path / "store")])
+    assert res.exit_code == 1, res.output
+    assert "broken" in res.stderr and "needs at least 2 classes" in res.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [r["dataset"] for r in rows] == sorted(["low", "high", "all"],
+                                                  key=lambda n: -float(next(r["iimm"] for r in rows if r["dataset"] == n)))
+    assert (tmp_path / "screen.png").stat().st_size > 1000
+    # each row equals scoring that dataset directly
+    cat = load_catalog(catalog)
+    for r in rows:
+        es, _ = embed_dataset(model, str(cat.get(r["dataset"]).images), workers=0, use_cache=False)
+        assert float(r["iimm"]) == pytest.approx(score(es, ["iimm"], backend="torch").scores["iimm"], rel=1e-6)
+
+
+def test_screen_second_run_uses_cached_embeddings(catalog, tiny_model_dir, tmp_path):
+    cat = load_catalog(catalog)
+    kw = dict(backend="torch", embed_options={"workers": 0, "store": tmp_path / "store"})
+    first = screen(cat, [f"local-dir:{tiny_model_dir}"], **kw)
+    second = screen(cat, [f"local-dir:{tiny_model_dir}"], **kw)
+    assert len(first.rows) == 3 and len(first.failures) == 1
+    assert not any(r.cached for r in first.rows) and all(r.cached for r in second.rows)
+    assert [r.iimm for r in first.rows] == [r.iimm for r in second.rows]
+
+
+def test_screen_json(catalog, tiny_model_dir, tmp_path):
+    res = CliRunner().invoke(cli, ["screen", str(catalog), "--model", f"local-dir:{tiny_model_dir}", "--format",
+                                   "json", "--backend", "torch", "--workers", "0", "--store", str(tmp_path / "s"),
+                                   "--metrics", "acs,gap"])
+    obj = json.loads(res.stdout)
+    assert [f["dataset"] for f in obj["failures"]] == ["broken"]
+    assert all({"iimm", "acs", "gap"} <= set(r["scores"]) for r in obj["rows"])
+    assert np.all(np.diff([r["iimm"] for r in obj["rows"]]) <= 0)
