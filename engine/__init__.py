@@ -9,9 +9,11 @@ from .predict import (OUTCOMES, Calibration, LinearFit, Prediction, RankCorrelat
 from .predict import predict as predict_outcomes
 from .scores import SCORES, ScoreReport, score
 from .stats import ClassStats
+from .transfer import TRANSFER_SCORES, TransferResult, combine_ncti, compute_transfer
 
 __all__ = ["EmbeddingSet", "load_embeddings", "score", "ScoreReport", "SCORES", "ClassStats",
            "IimmError", "InputError", "BackendUnavailable",
            "Catalog", "Dataset", "load_catalog", "plot_calibration",
            "OUTCOMES", "Calibration", "LinearFit", "Prediction", "RankCorrelation", "TaskPoint", "fit_calibration",
-           "fit_line", "rank_among", "rank_correlations", "task_points", "predict_outcomes"]
+           "fit_line", "rank_among", "rank_correlations", "task_points", "predict_outcomes",
+           "TRANSFER_SCORES", "TransferResult", "combine_ncti", "compute_transfer"]

@@ -92,19 +92,38 @@ class ScoreReport:
         return out
 
 
+METRIC_GROUPS = ("all", "baselines", "everything")
+
+
 def resolve_keys(keys: Iterable[str] | str | None) -> list[str]:
-    """`None` or "all" -> every key; "a,b" or ["a", "b"] -> those, validated, in registry order."""
-    if keys is None or keys == "all":
-        return list(SCORES)
-    if isinstance(keys, str):
-        keys = [k for k in keys.split(",") if k.strip()]
-    keys = [k.strip() for k in keys]
-    unknown = [k for k in keys if k not in SCORES]
-    if unknown:
-        raise InputError(f"unknown metric {', '.join(repr(k) for k in unknown)}; valid keys: {', '.join(SCORES)}")
+    """Validate metric keys, in registry order.
+
+    None or "all": every embedding score of `SCORES`; "baselines": every transferability
+    baseline (`engine.transfer`); "everything": both; aliases such as "ncti" expand to their parts.
+    """
+    from .transfer import TRANSFER_ALIASES, TRANSFER_SCORES
+
+    if keys is None:
+        keys = ["all"]
+    elif isinstance(keys, str):
+        keys = keys.split(",")
+    keys = [k.strip() for k in keys if k.strip()]
     if not keys:
         raise InputError(f"no metric requested; pass --metrics all or some of: {', '.join(SCORES)}")
-    return [k for k in SCORES if k in keys]
+    wanted: set[str] = set()
+    for k in keys:
+        if k in ("all", "everything"):
+            wanted.update(SCORES)
+        if k in ("baselines", "everything"):
+            wanted.update(TRANSFER_SCORES)
+        if k in SCORES or k in TRANSFER_SCORES:
+            wanted.add(k)
+        elif k in TRANSFER_ALIASES:
+            wanted.update(TRANSFER_ALIASES[k])
+        elif k not in METRIC_GROUPS:
+            valid = ", ".join([*METRIC_GROUPS, *SCORES, *TRANSFER_SCORES, *TRANSFER_ALIASES])
+            raise InputError(f"unknown metric {k!r}; valid keys: {valid}")
+    return [k for k in [*SCORES, *TRANSFER_SCORES] if k in wanted]
 
 
 def default_chunk_rows(d: int, itemsize: int) -> int:
@@ -114,6 +133,7 @@ def default_chunk_rows(d: int, itemsize: int) -> int:
 def score(embeddings: EmbeddingSet, keys: Iterable[str] | str | None = None, backend: str | Backend = "auto",
           chunk_rows: int | None = None, *, device: str | None = None, gensil_p: float = 1.0,
           sample: int | None = None, seed: int = 0, quadratic_limit: int = DEFAULT_QUADRATIC_LIMIT,
+          logit_scale: float | None = None, baseline_sample: int | None = None, label_embeddings=None,
           progress: Callable[[str, int, int], None] | None = None) -> ScoreReport:
     """Compute the requested scores of an embedding set.
 
@@ -121,17 +141,45 @@ def score(embeddings: EmbeddingSet, keys: Iterable[str] | str | None = None, bac
     keys: output keys (see `SCORES`), None for all.
     sample: row count for the all-pairs scores (scikit-learn's `sample_size`); when None
         they use all rows up to `quadratic_limit` and a seeded sample of that size beyond.
+    logit_scale, baseline_sample, label_embeddings: options of the transferability baselines
+        (`engine.transfer.compute_transfer`; logit_scale defaults to the model's, else 100).
     progress: called as progress(stage, rows_done, rows_total).
     """
     started = time.perf_counter()
+    from .transfer import DEFAULT_BASELINE_SAMPLE, DEFAULT_LOGIT_SCALE, TRANSFER_SCORES, compute_transfer
+
     keys = resolve_keys(keys)
+    transfer_keys = [k for k in keys if k in TRANSFER_SCORES]
+    keys = [k for k in keys if k in SCORES]
     es = embeddings
     be = backend if isinstance(backend, Backend) else get_backend(backend, device)
     chunk_rows = chunk_rows or default_chunk_rows(es.d, es.image_dtype.itemsize)
+    report = ScoreReport({}, es.n, es.d, es.c, be.name, str(be.device), 0.0, es.source)
+    values: dict[str, float] = {}
+    if keys:
+        values.update(_embedding_scores(es, be, keys, chunk_rows, gensil_p, sample, seed, quadratic_limit, report,
+                                        progress))
+    if transfer_keys:
+        scale = logit_scale or es.meta.get("logit_scale") or DEFAULT_LOGIT_SCALE
+        transfer = compute_transfer(es, transfer_keys, chunk_rows=chunk_rows, logit_scale=float(scale),
+                                    baseline_sample=baseline_sample or DEFAULT_BASELINE_SAMPLE, seed=seed,
+                                    text_encoders=label_embeddings, progress=progress)
+        values.update(transfer.scores)
+        report.notes.extend(transfer.notes)
+    report.scores = {k: float(values[k]) for k in [*keys, *transfer_keys]}
+    for k, v in report.scores.items():
+        if not math.isfinite(v):
+            raise InputError(f"score {k} came out {v}; the embeddings are degenerate for it (check for "
+                             f"constant or duplicated rows)")
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _embedding_scores(es: EmbeddingSet, be: Backend, keys: list[str], chunk_rows: int, gensil_p: float,
+                      sample: int | None, seed: int, quadratic_limit: int, report: ScoreReport,
+                      progress=None) -> dict[str, float]:
     _check_classes(es, keys)
     passes = {p for k in keys for p in SCORES[k].passes}
-    report = ScoreReport({}, es.n, es.d, es.c, be.name, str(be.device), 0.0, es.source)
-
     text = torch.as_tensor(es.text, dtype=torch.float64, device=be.device)
     class_stats = run_pass1(es, be, chunk_rows, progress)
     pass2 = run_pass2(es, be, chunk_rows, passes, class_stats, text, progress)
@@ -141,13 +189,7 @@ def score(embeddings: EmbeddingSet, keys: Iterable[str] | str | None = None, bac
             key = "silhouette_class_euclidean" if quad == "euclidean" else "gensil"
             values[key] = _quadratic_score(es, be, chunk_rows, quad, gensil_p, sample, seed, quadratic_limit,
                                            report, key, progress)
-    report.scores = {k: float(values[k]) for k in keys}
-    for k, v in report.scores.items():
-        if not math.isfinite(v):
-            raise InputError(f"score {k} came out {v}; the embeddings are degenerate for it (check for "
-                             f"constant or duplicated rows)")
-    report.seconds = time.perf_counter() - started
-    return report
+    return values
 
 
 def _check_classes(es: EmbeddingSet, keys: list[str]) -> None:

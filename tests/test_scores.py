@@ -147,3 +147,28 @@ def test_bad_rows_are_named():
     x[33, 2] = np.nan
     with pytest.raises(InputError, match="row 33 has NaN or Inf"):
         score(EmbeddingSet.from_arrays(x, y, t), ["iimm"], backend="torch", chunk_rows=8)
+
+
+def test_baseline_keys_go_through_score_with_their_options():
+    from iimm.engine.transfer import compute_transfer
+
+    x, y, t = structured(13, 150, 24, 5)
+    es = EmbeddingSet.from_arrays(x, y, t)
+    report = score(es, ["iimm", "ncti", "leep", "logme"], backend="torch", logit_scale=50.0, baseline_sample=100)
+    assert list(report.scores) == ["iimm", "logme", "leep", "ncti_sc", "ncti_cls", "ncti_nc"]
+    direct = compute_transfer(es, ["logme", "leep", "ncti"], logit_scale=50.0, baseline_sample=100)
+    for key, value in direct.scores.items():
+        assert report.scores[key] == pytest.approx(value, rel=1e-12), key
+    assert report.notes == direct.notes and any("100" in n for n in report.notes)
+    assert report.scores["leep"] != score(es, ["leep"], backend="torch").scores["leep"]  # default scale is 100
+
+
+def test_metric_groups():
+    from iimm.engine.scores import resolve_keys
+    from iimm.engine.transfer import TRANSFER_SCORES
+
+    assert resolve_keys("all") == ALL
+    assert resolve_keys("baselines") == list(TRANSFER_SCORES)
+    assert resolve_keys("everything") == ALL + list(TRANSFER_SCORES)
+    with pytest.raises(InputError, match="unknown metric 'nope'.*everything.*logme"):
+        resolve_keys("iimm,nope")
