@@ -14,6 +14,7 @@ from .catalog import Catalog, Dataset
 from .extract import embed_dataset
 from .predict import Calibration, predict
 from .scores import score
+from .transfer import NCTI_PARTS, combine_ncti
 
 
 @dataclass
@@ -92,7 +93,21 @@ def screen(catalog: Catalog, models: Sequence[str], *, calibrations: Sequence[Ca
                 result.failures.append((ds.name, model, message))
                 if on_failure:
                     on_failure(ds.name, model, message)
+    add_combined_ncti(result.rows)
     return result
+
+
+def add_combined_ncti(rows: Sequence[ScreenRow]) -> None:
+    """NCTI is only defined across models: where a dataset has its parts for ≥ 2 models, add `ncti`."""
+    by_dataset: dict[str, list[ScreenRow]] = {}
+    for row in rows:
+        if all(p in row.scores for p in NCTI_PARTS):
+            by_dataset.setdefault(row.dataset, []).append(row)
+    for group in by_dataset.values():
+        if len({r.model for r in group}) >= 2:
+            combined = combine_ncti({r.model: {p: r.scores[p] for p in NCTI_PARTS} for r in group})
+            for r in group:
+                r.scores["ncti"] = combined[r.model]
 
 
 def screen_one(ds: Dataset, model: str, calibrations: Sequence[Calibration], *, pretrained, keys, backend, device,

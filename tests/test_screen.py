@@ -70,3 +70,16 @@ def test_screen_json(catalog, tiny_model_dir, tmp_path):
     assert [f["dataset"] for f in obj["failures"]] == ["broken"]
     assert all({"iimm", "acs", "gap"} <= set(r["scores"]) for r in obj["rows"])
     assert np.all(np.diff([r["iimm"] for r in obj["rows"]]) <= 0)
+
+
+def test_ncti_is_combined_across_models_only():
+    from iimm.engine.screen import ScreenRow, add_combined_ncti
+    from iimm.engine.transfer import combine_ncti
+
+    parts = [{"ncti_sc": 1.0, "ncti_cls": 0.5, "ncti_nc": 2.0}, {"ncti_sc": 3.0, "ncti_cls": 0.7, "ncti_nc": 1.0}]
+    rows = [ScreenRow("a", f"m{i}", {"iimm": 0.1, **p}, 10, False) for i, p in enumerate(parts)]
+    rows.append(ScreenRow("b", "m0", {"iimm": 0.2, **parts[0]}, 10, False))
+    add_combined_ncti(rows)
+    want = combine_ncti({"m0": parts[0], "m1": parts[1]})
+    assert rows[0].scores["ncti"] == want["m0"] and rows[1].scores["ncti"] == want["m1"]
+    assert "ncti" not in rows[2].scores
