@@ -9,6 +9,8 @@ import click
 from .. import __version__
 from ..engine.errors import IimmError
 from .collect import collect
+from .embed import embed
+from .models_cmd import models
 from .predict import predict
 from .score import score
 from .screen import screen_cmd
@@ -21,7 +23,7 @@ def cli(debug: bool) -> None:
     """iimm: how much will fine-tuning a vision-language model gain on a task, and what will it forget?"""
 
 
-for command in (score, screen_cmd, predict, collect):
+for command in (score, embed, models, screen_cmd, predict, collect):
     cli.add_command(command)
 
 

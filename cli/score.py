@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import click
+import numpy as np
 
 from ..engine import load_embeddings, score as score_embeddings
 from ..engine.errors import InputError
-from ..engine.scores import DEFAULT_QUADRATIC_LIMIT, SCORES
+from ..engine.scores import DEFAULT_QUADRATIC_LIMIT, METRIC_GROUPS, SCORES
+from ..engine.transfer import DEFAULT_BASELINE_SAMPLE, TRANSFER_SCORES
+from ..engine.store import open_store
+from .extract_options import extraction_options
 from .progress import ProgressBar
 from .render import FORMATS, emit, table, to_csv, to_json
+
+
+def meaning(key: str) -> str:
+    if key in SCORES:
+        return SCORES[key].meaning
+    return TRANSFER_SCORES[key].description if key in TRANSFER_SCORES else ""
 
 
 def report_table(result: dict) -> str:
     head = (f"{result['input']}: N={result['n']} D={result['d']} C={result['c']}  "
             f"backend={result['backend']} ({result['device']})  {result['seconds']:.2f} s")
-    rows = [[key, value, SCORES[key].meaning if key in SCORES else ""] for key, value in result["scores"].items()]
+    rows = [[key, value, meaning(key)] for key, value in result["scores"].items()]
     lines = [head, "", table(rows, ["score", "value", "meaning"])]
     lines += [f"note: {n}" for n in result.get("notes", [])]
     return "\n".join(lines)
@@ -29,10 +39,20 @@ def render_result(result: dict, fmt: str) -> str:
     return report_table(result)
 
 
+def load_label_embeddings(path: str):
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read label embeddings {path}: {exc}; pass a (C, D) float .npy file") from exc
+
+
 @click.command()
-@click.option("--embeddings", "embeddings_path", type=click.Path(), required=True,
-              help="An .npz (image, label, text[, classnames]) or a folder of image.npy/label.npy/text.npy.")
-@click.option("--metrics", default="all", show_default=True, help=f"'all' or comma-separated keys: {', '.join(SCORES)}.")
+@click.option("--embeddings", "embeddings_path", type=click.Path(),
+              help="An .npz (image, label, text[, classnames]) or a folder of image.npy/label.npy/text.npy "
+                   "(such as `iimm embed` prints). Or encode images with --model and --data.")
+@extraction_options
+@click.option("--metrics", default="all", show_default=True,
+              help=f"Comma-separated keys or groups ({', '.join(METRIC_GROUPS)}): {', '.join([*SCORES, *TRANSFER_SCORES])}.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the result here instead of stdout.")
 @click.option("--backend", default="auto", show_default=True, help="auto, torch, numba or triton.")
@@ -43,16 +63,43 @@ def render_result(result: dict, fmt: str) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every row sample.")
 @click.option("--quadratic-limit", type=click.IntRange(min=2), default=DEFAULT_QUADRATIC_LIMIT, show_default=True,
               help="Above this many rows the all-pairs scores run on a seeded sample of this size.")
+@click.option("--logit-scale", type=click.FloatRange(min=0, min_open=True),
+              help="Zero-shot softmax scale of LEEP/NCE (default: the model's, 100 for bare embeddings).")
+@click.option("--baseline-sample", type=click.IntRange(min=2), default=DEFAULT_BASELINE_SAMPLE, show_default=True,
+              help="Row sample of the in-memory baselines (NCTI, LogME with N < D).")
+@click.option("--label-embeddings", type=click.Path(dir_okay=False), multiple=True,
+              help="Extra (C, D) .npy label embeddings for EMMS (repeatable); the class texts are always used.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
-def score(embeddings_path, metrics, fmt, output, backend, device, chunk_rows, gensil_p, sample, seed,
-          quadratic_limit, progress):
-    """Score a task's zero-shot embeddings (IIMM, silhouettes, zero-shot accuracy, ...)."""
-    es = load_embeddings(embeddings_path)
+def score(embeddings_path, extract, metrics, fmt, output, backend, device, chunk_rows, gensil_p, sample, seed,
+          quadratic_limit, logit_scale, baseline_sample, label_embeddings, progress):
+    """Score a task's zero-shot embeddings (IIMM, silhouettes, zero-shot accuracy, ...).
+
+    Either --embeddings PATH, or --model M --data IMAGES (encoded once, then kept in the store).
+    """
+    info = None
+    if extract.given:
+        if embeddings_path:
+            raise InputError("--embeddings and --model/--data both given; pass one source of embeddings")
+        with ProgressBar(unit="img", enabled=progress) as bar:
+            es, info = extract.embed(device=device, progress=bar)
+    elif embeddings_path:
+        es = load_embeddings(embeddings_path)
+    else:
+        raise InputError("no embeddings to score; pass --embeddings PATH, or --model M --data PATH")
     with ProgressBar(enabled=progress) as bar:
         report = score_embeddings(es, metrics, backend=backend, device=device, chunk_rows=chunk_rows,
                                   gensil_p=gensil_p, sample=sample, seed=seed, quadratic_limit=quadratic_limit,
+                                  logit_scale=logit_scale, baseline_sample=baseline_sample,
+                                  label_embeddings=[load_label_embeddings(f) for f in label_embeddings] or None,
                                   progress=bar)
-    emit(render_result(report.to_dict(), fmt), output)
+    result = report.to_dict()
+    if info is not None:
+        result.update(model=info.model, pretrained=info.pretrained, data=info.data, images=info.images,
+                      skipped=info.skipped, cached=info.cached)
+        if info.set_id:
+            open_store(extract.store).record_score_run(result["scores"], input=result["input"],
+                                                       embedding_set_id=info.set_id, backend=result["backend"],
+                                                       device=result["device"], version=result["version"],
+                                                       seconds=result["seconds"])
+    emit(render_result(result, fmt), output)
 
-
-__all__ = ["score", "render_result", "InputError"]

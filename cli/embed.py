@@ -1,0 +1,57 @@
+"""`iimm embed`: encode a dataset's images and class prompts, keep them in the store, print where."""
+
+from __future__ import annotations
+
+import io
+
+import click
+import numpy as np
+
+from ..engine.errors import InputError
+from .extract_options import extraction_options
+from .progress import ProgressBar
+from .render import emit, to_json, write_atomic
+
+
+def embed_info_dict(es, info) -> dict:
+    """The JSON-ready summary of an embedding run."""
+    return {"model": info.model, "pretrained": info.pretrained, "data": info.data, "n": es.n, "d": es.d, "c": es.c,
+            "images": info.images, "skipped": info.skipped, "cached": info.cached, "encoded": info.encoded,
+            "location": info.location, "seconds": round(info.seconds, 6)}
+
+
+@click.command()
+@extraction_options
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Also write the embeddings to this .npz (image, label, text, classnames).")
+@click.option("--format", "fmt", type=click.Choice(["path", "json"]), default="path", show_default=True,
+              help="Print the embeddings folder, or a JSON summary.")
+@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+def embed(extract, device, output, fmt, progress):
+    """Encode images with a model (no scoring) and print where the embeddings are.
+
+    The folder printed can be passed to `iimm score --embeddings`. A second run on the
+    same model, images, class names and templates encodes nothing.
+    """
+    if not extract.given:
+        raise InputError("nothing to embed; pass --model M --data PATH")
+    if extract.no_cache and not output:
+        raise InputError("--no-cache keeps nothing; add --output FILE.npz to write the embeddings")
+    with ProgressBar(unit="img", enabled=progress) as bar:
+        es, info = extract.embed(device=device, progress=bar)
+    if output:
+        write_atomic(output, _npz_bytes(es))
+    if info.skipped:
+        click.echo(f"iimm: {len(info.skipped)} unreadable image(s) skipped, e.g. {info.skipped[0]}", err=True)
+    if fmt == "json":
+        emit(to_json(embed_info_dict(es, info)), None)
+    else:
+        click.echo(info.location or output)
+
+
+def _npz_bytes(es) -> bytes:
+    image = np.concatenate([np.asarray(b) for b in es.image_blocks])
+    buf = io.BytesIO()
+    np.savez(buf, image=image, label=es.label, text=es.text, classnames=np.array(es.classnames or [], dtype=str))
+    return buf.getvalue()

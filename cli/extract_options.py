@@ -1,0 +1,124 @@
+"""Options shared by every command that turns images into embeddings (`score`, `embed`, `finetune`, …).
+
+`@extraction_options` adds --model/--data/--pretrained/--template/--templates/--classnames/
+--split/--domain/--batch-size/--workers/--dtype/--no-cache/--max-skip-frac/--store and hands
+the command one `extract: ExtractOptions` argument instead of fourteen.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import click
+
+from ..engine.data import list_template_sets
+from ..engine.errors import InputError
+from ..engine.models import MODEL_ALIASES, RANDOM_WEIGHTS
+
+_NAMES = ("model", "data", "pretrained", "template", "templates", "classnames", "split", "domain", "batch_size",
+          "workers", "dtype", "no_cache", "max_skip_frac", "store")
+
+
+@dataclass
+class ExtractOptions:
+    """The parsed extraction options of one command line."""
+
+    model: str | None
+    data: str | None
+    pretrained: str | None
+    template: tuple[str, ...]
+    templates: str | None
+    classnames: str | None
+    split: str | None
+    domain: str | None
+    batch_size: int
+    workers: int | None
+    dtype: str
+    no_cache: bool
+    max_skip_frac: float
+    store: str | None
+
+    @property
+    def given(self) -> bool:
+        """True when the command line names images to encode (--model or --data)."""
+        return bool(self.model or self.data)
+
+    def check(self) -> None:
+        """--model and --data come together; a bare architecture needs its weights named."""
+        if bool(self.model) != bool(self.data):
+            missing = "--data" if self.model else "--model"
+            raise InputError(f"{missing} is missing; images are encoded with --model M --data PATH together")
+        name = self.model or ""
+        if (name not in MODEL_ALIASES and not name.startswith(("hf-hub:", "local-dir:"))
+                and self.pretrained is None):
+            raise InputError(f"--model {name} names an architecture without weights; pass --pretrained TAG (see "
+                             f"`iimm models --filter {name}`), --pretrained FILE, or --pretrained {RANDOM_WEIGHTS}")
+
+    def embed_kwargs(self) -> dict:
+        """Keyword arguments of `iimm.engine.extract.embed_dataset` (without device and progress)."""
+        template_file, template_set = _templates_source(self.templates)
+        return dict(pretrained=self.pretrained, templates=list(self.template) or None, template_file=template_file,
+                    template_set=template_set, classnames=self.classnames, split=self.split, domain=self.domain,
+                    batch_size=self.batch_size, workers=self.workers, dtype=self.dtype, store=self.store,
+                    use_cache=not self.no_cache, max_skip_frac=self.max_skip_frac)
+
+    def embed(self, device: str = "auto", progress=None):
+        """Run `embed_dataset` with these options -> (EmbeddingSet, EmbedInfo)."""
+        from ..engine.extract import embed_dataset
+
+        self.check()
+        return embed_dataset(self.model, self.data, device=device, progress=progress, **self.embed_kwargs())
+
+
+def _templates_source(value: str | None) -> tuple[str | None, str | None]:
+    if value is None:
+        return None, None
+    if os.path.exists(value):
+        return value, None
+    if value.lower() in list_template_sets():
+        return None, value.lower()
+    raise InputError(f"--templates {value!r} is neither a file nor a built-in set; built-in sets: "
+                     f"{', '.join(list_template_sets())}")
+
+
+_OPTIONS = [
+    click.option("--model", "-m", help="Model: clip, siglip, coca, eva02, an open_clip architecture, "
+                                       "hf-hub:ORG/REPO or local-dir:PATH."),
+    click.option("--data", type=click.Path(exists=True),
+                 help="Images: a class-per-folder tree or a .csv/.jsonl manifest (path,label[,split,domain])."),
+    click.option("--pretrained", help="Weights for an architecture: an open_clip tag, a .safetensors/.pt file, "
+                                      "or 'random'. For an alias it replaces the alias's tag."),
+    click.option("--template", multiple=True, help="Prompt template with {} for the class name; repeat for an "
+                                                   "ensemble (averaged, then renormalised per class)."),
+    click.option("--templates", help="Templates file (JSON list or one per line) or a built-in set: "
+                                     + ", ".join(list_template_sets()) + "."),
+    click.option("--classnames", type=click.Path(exists=True, dir_okay=False),
+                 help="JSON list (class order) or mapping (folder name or index -> name) renaming classes."),
+    click.option("--split", help="Use only manifest rows of this split."),
+    click.option("--domain", help="Use only manifest rows of this domain."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per batch."),
+    click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes "
+                                                               "[default: cores - 1, at most 8]."),
+    click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+                 help="How image embeddings are kept."),
+    click.option("--no-cache", is_flag=True, help="Neither read nor write the embedding store."),
+    click.option("--max-skip-frac", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+                 help="Fail when more than this fraction of the images cannot be read."),
+    click.option("--store", type=click.Path(file_okay=False), envvar="IIMM_HOME",
+                 help="Embedding store folder [default: $IIMM_HOME, else ~/.cache/iimm]."),
+]
+
+
+def extraction_options(command):
+    """Decorator: add the extraction options and pass them to the command as `extract=ExtractOptions(...)`."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        extract = ExtractOptions(**{name: kwargs.pop(name) for name in _NAMES})
+        return command(*args, extract=extract, **kwargs)
+
+    for option in reversed(_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper

@@ -1,0 +1,342 @@
+"""From images to embeddings: the batched encoding loop, resumable into the embedded store.
+
+`embed_dataset(model, data)` returns the task's `EmbeddingSet` (raw image embeddings,
+labels, the class prompt-ensemble text embeddings) and an `EmbedInfo`. With the store,
+rows are written in shards of `shard_rows` dataset items; a run that is interrupted
+resumes from its finished shards, and a second run over the same inputs encodes
+nothing. Order is the dataset's order whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .data import ImageDataset, collate_skipping, load_image_dataset, resolve_templates
+from .embeddings import EmbeddingSet, load_embeddings
+from .errors import InputError
+from .models import LoadedModel, ModelSpec, class_text_embeddings, encode_images, load_model, resolve_model
+from .store import Store, hash_json, open_store, shard_name, write_json_atomic, write_npy_atomic
+
+DEFAULT_SHARD_ROWS = 8192
+STORE_DTYPES = {"fp16": np.float16, "fp32": np.float32}
+STAGE = "encoding images"
+Progress = Callable[[str, int, int], None]
+
+
+def default_workers() -> int:
+    """DataLoader workers: one core left to the model, at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class EmbedInfo:
+    """What an embedding run did.
+
+    Attributes:
+        images: rows in the embedding set (readable images).
+        skipped: paths of the images that could not be decoded.
+        cached: True when no image was encoded by this run.
+        location: the embeddings folder in the store, or None without the store.
+        encoded: images encoded by this run (0 on a cache hit).
+    """
+
+    model: str
+    pretrained: str | None
+    data: str
+    images: int
+    skipped: list[str]
+    cached: bool
+    location: str | None
+    encoded: int = 0
+    set_id: str | None = None
+    seconds: float = 0.0
+    meta: dict = field(default_factory=dict, repr=False)
+
+
+def embed_dataset(model: str, data, *, pretrained: str | None = None, templates=None, template_file=None,
+                  template_set: str | None = None, classnames=None, split: str | None = None,
+                  domain: str | None = None, batch_size: int = 64, workers: int | None = None,
+                  device: str | torch.device = "auto", dtype: str = "fp16", store=None, use_cache: bool = True,
+                  max_skip_frac: float = 0.05, shard_rows: int = DEFAULT_SHARD_ROWS,
+                  progress: Progress | None = None) -> tuple[EmbeddingSet, EmbedInfo]:
+    """Encode a labelled image dataset with a model; reuse the store's embeddings when they exist.
+
+    data: a class-per-folder tree, a .csv/.jsonl manifest, or an `ImageDataset`.
+    store: None (the default store root), a path, or a `Store`; ignored when use_cache is False.
+    dtype: "fp16" or "fp32", how image rows are kept.
+    """
+    t0 = time.perf_counter()
+    _check_options(batch_size, workers, dtype, max_skip_frac, shard_rows)
+    workers = default_workers() if workers is None else workers
+    ds = data if isinstance(data, ImageDataset) else load_image_dataset(data, classnames, split, domain)
+    prompts = resolve_templates(templates, template_file, template_set)
+    st = open_store(store) if use_cache else None
+    spec = resolve_model(model, pretrained, hash_memo=st.hash_memo() if st else None)
+    run = _Run(spec, ds, prompts, dtype, batch_size, workers, device, max_skip_frac, progress)
+    if st is None:
+        es, info = run.in_memory(shard_rows)
+    else:
+        es, info = run.into_store(st, shard_rows)
+    info.seconds = time.perf_counter() - t0
+    return es, info
+
+
+class _Run:
+    """One embedding job: keys, model loading on demand, the encoding loop and its sinks."""
+
+    def __init__(self, spec: ModelSpec, ds: ImageDataset, templates: list[str], dtype: str, batch_size: int,
+                 workers: int, device, max_skip_frac: float, progress: Progress | None):
+        self.spec, self.ds, self.templates, self.dtype = spec, ds, templates, dtype
+        self.batch_size, self.workers, self.device = batch_size, workers, device
+        self.max_skip_frac, self.progress = max_skip_frac, progress
+        self._lm: LoadedModel | None = None
+
+    @property
+    def lm(self) -> LoadedModel:
+        if self._lm is None:
+            self._lm = load_model(self.spec.name, device=self.device, spec=self.spec)
+        return self._lm
+
+    def text(self) -> np.ndarray:
+        """(C, D) float64 unit class text embeddings."""
+        return class_text_embeddings(self.lm, self.ds.classnames, self.templates).double().cpu().numpy()
+
+    def meta(self, images: int, skipped: list[str]) -> dict:
+        import open_clip
+
+        from .. import __version__
+        return {"model": self.spec.name, "pretrained": self.spec.pretrained, "architecture": self.spec.architecture,
+                "model_fingerprint": self.spec.fingerprint, "preprocess": self.spec.preprocess_cfg,
+                "data": self.ds.root, "classnames": self.ds.classnames, "class_keys": self.ds.class_keys,
+                "templates": self.templates, "dtype": self.dtype, "images": images, "skipped": skipped,
+                "iimm_version": __version__, "open_clip_version": open_clip.__version__,
+                "torch_version": torch.__version__}
+
+    # ---- without the store ------------------------------------------------------------------------
+
+    def in_memory(self, shard_rows: int) -> tuple[EmbeddingSet, EmbedInfo]:
+        text = self.text()
+        blocks, labels, skipped = [], [], []
+
+        def keep(idx, rows, labs, skipped_paths):
+            blocks.append(rows)
+            labels.append(labs)
+            skipped.extend(skipped_paths)
+
+        encoded = self.encode(list(range(_n_shards(len(self.ds), shard_rows))), shard_rows, text.shape[1], keep, [])
+        meta = self.meta(encoded, skipped)
+        es = EmbeddingSet(blocks, np.concatenate(labels), text, self.ds.classnames, self.ds.root, meta)
+        return es, self.info(es.n, skipped, encoded, None, None, meta)
+
+    # ---- with the store ---------------------------------------------------------------------------
+
+    def keys(self) -> tuple[str, str, str]:
+        dataset_id = self.ds.fingerprint()
+        image_key = hash_json({"format": 1, "model": self.spec.fingerprint, "architecture": self.spec.architecture,
+                               "preprocess": self.spec.preprocess_cfg, "dataset": dataset_id, "dtype": self.dtype})
+        set_id = hash_json({"images": image_key, "classnames": self.ds.classnames,
+                            "templates": self.templates})[:24]
+        return dataset_id, image_key, set_id
+
+    def into_store(self, st: Store, shard_rows: int) -> tuple[EmbeddingSet, EmbedInfo]:
+        dataset_id, image_key, set_id = self.keys()
+        hit = self._load_complete(st, set_id)
+        if hit is not None:
+            return hit
+        with st.lock(set_id):
+            hit = self._load_complete(st, set_id)
+            if hit is not None:
+                return hit
+            return self._build(st, dataset_id, image_key, set_id, shard_rows)
+
+    def _load_complete(self, st: Store, set_id: str):
+        row = st.get_set(set_id)
+        if row is None or row["status"] != "complete":
+            return None
+        try:
+            es = load_embeddings(st.set_dir(set_id))
+        except InputError:
+            st.reset_set(set_id)  # files removed by hand: rebuild
+            return None
+        skipped = list(es.meta.get("skipped", []))
+        return es, self.info(es.n, skipped, 0, st.set_dir(set_id), set_id, es.meta)
+
+    def _build(self, st: Store, dataset_id: str, image_key: str, set_id: str, shard_rows: int):
+        folder = st.set_dir(set_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        donor = st.complete_set_with_images(image_key)
+        if donor is not None and donor["id"] != set_id:
+            shard_rows = int(donor["shard_rows"])
+        st.record_dataset(dataset_id, self.ds.root, len(self.ds), self.ds.class_keys)
+        fields = dict(model=self.spec.name, architecture=self.spec.architecture, pretrained=self.spec.pretrained,
+                      model_fingerprint=self.spec.fingerprint, preprocess=hash_json(self.spec.preprocess_cfg),
+                      classnames=_json(self.ds.classnames), templates=_json(self.templates), dtype=self.dtype,
+                      shard_rows=shard_rows)
+        row = st.open_set(set_id, image_key, dataset_id, fields)
+        shard_rows = int(row["shard_rows"])
+        if donor is not None and donor["id"] != set_id:
+            _link_shards(st, donor["id"], set_id)
+        text = self.text()
+        write_npy_atomic(folder / "text.npy", text)
+        finished = st.finished_shards(set_id)
+        todo = [i for i in range(_n_shards(len(self.ds), shard_rows)) if i not in finished]
+        prior_skipped = [p for i in sorted(finished) for p in finished[i][1]]
+
+        def write(idx, rows, labs, skipped_paths):
+            write_npy_atomic(folder / shard_name("image", idx), rows)
+            write_npy_atomic(folder / shard_name("label", idx), labs)
+            st.record_shard(set_id, idx, len(rows), skipped_paths)
+
+        encoded = self.encode(todo, shard_rows, text.shape[1], write, prior_skipped)
+        finished = st.finished_shards(set_id)
+        skipped = [p for i in sorted(finished) for p in finished[i][1]]
+        images = sum(r for r, _ in finished.values())
+        self._check_skips(len(skipped), skipped)
+        write_json_atomic(folder / "classnames.json", self.ds.classnames)
+        meta = self.meta(images, skipped)
+        write_json_atomic(folder / "meta.json", meta)
+        es = load_embeddings(folder)
+        st.mark_complete(set_id, es.n, len(skipped))
+        return es, self.info(es.n, skipped, encoded, folder, set_id, meta)
+
+    # ---- the encoding loop ------------------------------------------------------------------------
+
+    def encode(self, shards: list[int], shard_rows: int, d: int, sink: Callable, prior_skipped: list[str]) -> int:
+        """Encode the items of the given shards in order; call `sink(idx, rows, labels, skipped)` per shard.
+
+        Returns the number of images encoded (unreadable ones not counted).
+        """
+        n = len(self.ds)
+        indices = [i for s in shards for i in range(s * shard_rows, min(n, (s + 1) * shard_rows))]
+        done = n - len(indices)
+        self._report(done, n)
+        if not indices:
+            return 0
+        lm = self.lm
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(self.ds.torch_dataset(lm.preprocess), indices), batch_size=self.batch_size,
+            shuffle=False, num_workers=self.workers, collate_fn=collate_skipping,
+            pin_memory=lm.device.type == "cuda", prefetch_factor=4 if self.workers else None)
+        store_dtype = STORE_DTYPES[self.dtype]
+        pending: dict[int, _ShardBuffer] = {}
+        skipped_total = list(prior_skipped)
+        encoded = 0
+        with torch.inference_mode():
+            for images, labels, idx, skipped in loader:
+                if images is not None:
+                    emb = encode_images(lm, images).cpu().numpy()
+                    rows = self._to_store_dtype(emb, idx.numpy(), store_dtype)
+                    encoded += len(rows)
+                    for pos, item in enumerate(idx.tolist()):
+                        _buffer(pending, item // shard_rows).add(rows[pos], int(labels[pos]))
+                for item in skipped:
+                    _buffer(pending, item // shard_rows).skip(self.ds.items[item].path)
+                    skipped_total.append(self.ds.items[item].path)
+                self._check_skips(len(skipped_total), skipped_total)
+                done += 0 if images is None else len(idx)
+                done += len(skipped)
+                for s in sorted(pending):
+                    size = min(n, (s + 1) * shard_rows) - s * shard_rows
+                    if pending[s].count == size:
+                        buf = pending.pop(s)
+                        sink(s, buf.rows(d, store_dtype), buf.labels(), buf.skipped)
+                self._report(done, n)
+        return encoded
+
+    def _to_store_dtype(self, emb: np.ndarray, items: np.ndarray, store_dtype) -> np.ndarray:
+        bad = ~np.isfinite(emb).all(axis=1)
+        if bad.any():
+            path = self.ds.items[int(items[np.argmax(bad)])].path
+            raise InputError(f"model {self.spec.name} produced NaN/Inf embeddings (first for {path}); check the "
+                             f"weights, or use --device cpu / fp32 precision")
+        rows = emb.astype(store_dtype)
+        if not np.isfinite(rows).all():
+            raise InputError(f"image embeddings of {self.spec.name} exceed the float16 range; pass --dtype fp32")
+        return rows
+
+    def _check_skips(self, count: int, skipped: list[str]) -> None:
+        n = len(self.ds)
+        if count > self.max_skip_frac * n:
+            listed = ", ".join(skipped[:3]) + (", …" if len(skipped) > 3 else "")
+            raise InputError(f"{count} of {n} images could not be read ({100 * count / n:.1f}% > --max-skip-frac "
+                             f"{self.max_skip_frac:g}): {listed}; fix or remove them, or raise --max-skip-frac")
+
+    def _report(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(STAGE, done, total)
+
+    def info(self, images, skipped, encoded, location, set_id, meta) -> EmbedInfo:
+        return EmbedInfo(model=self.spec.name, pretrained=self.spec.pretrained, data=self.ds.root, images=images,
+                         skipped=list(skipped), cached=encoded == 0, location=str(location) if location else None,
+                         encoded=encoded, set_id=set_id, meta=meta)
+
+
+class _ShardBuffer:
+    def __init__(self):
+        self._rows, self._labels, self.skipped = [], [], []
+
+    @property
+    def count(self) -> int:
+        return len(self._rows) + len(self.skipped)
+
+    def add(self, row: np.ndarray, label: int) -> None:
+        self._rows.append(row)
+        self._labels.append(label)
+
+    def skip(self, path: str) -> None:
+        self.skipped.append(path)
+
+    def rows(self, d: int, dtype) -> np.ndarray:
+        return np.stack(self._rows).astype(dtype, copy=False) if self._rows else np.zeros((0, d), dtype=dtype)
+
+    def labels(self) -> np.ndarray:
+        return np.asarray(self._labels, dtype=np.int64)
+
+
+def _buffer(pending: dict, shard: int) -> _ShardBuffer:
+    if shard not in pending:
+        pending[shard] = _ShardBuffer()
+    return pending[shard]
+
+
+def _n_shards(n: int, shard_rows: int) -> int:
+    return (n + shard_rows - 1) // shard_rows
+
+
+def _link_shards(st: Store, donor_id: str, set_id: str) -> None:
+    """Share a finished set's image shards with a set that differs only in class names / templates."""
+    src, dst = st.set_dir(donor_id), st.set_dir(set_id)
+    for idx, (rows, skipped) in sorted(st.finished_shards(donor_id).items()):
+        for kind in ("image", "label"):
+            tmp = dst / f".{shard_name(kind, idx)}.{os.getpid()}.link"
+            try:
+                os.link(src / shard_name(kind, idx), tmp)
+            except OSError:
+                import shutil
+                shutil.copyfile(src / shard_name(kind, idx), tmp)
+            os.replace(tmp, dst / shard_name(kind, idx))
+        st.record_shard(set_id, idx, rows, skipped)
+
+
+def _check_options(batch_size, workers, dtype, max_skip_frac, shard_rows) -> None:
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}; pass a positive --batch-size")
+    if workers is not None and workers < 0:
+        raise InputError(f"workers must be 0 or more, got {workers}; pass --workers 0 to decode in the main process")
+    if dtype not in STORE_DTYPES:
+        raise InputError(f"unknown embedding dtype {dtype!r}; pass --dtype fp16 or fp32")
+    if not 0 <= max_skip_frac <= 1:
+        raise InputError(f"--max-skip-frac must be between 0 and 1, got {max_skip_frac}")
+    if shard_rows < 1:
+        raise InputError(f"shard size must be at least 1 row, got {shard_rows}")
+
+
+def _json(value) -> str:
+    import json
+    return json.dumps(value, ensure_ascii=False)

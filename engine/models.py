@@ -1,0 +1,429 @@
+"""Vision-language dual encoders through open_clip: names, weights, preprocessing, tokenizer, encoders.
+
+A model is named by one of the paper's aliases (`clip`, `siglip`, `coca`, `eva02`), an
+open_clip architecture (with `pretrained` a tag or a weights file), `hf-hub:ORG/REPO`
+or `local-dir:PATH` (a folder with `open_clip_config.json` and the weights).
+
+`resolve_model` works out everything that identifies a model — architecture config,
+preprocessing, the weights file and a fingerprint of the weights — without building it,
+so the embedding store can answer a cache hit without loading any weights.
+`load_model` builds it. Weights are read from safetensors, or from `.pt`/`.bin` only
+through `torch.load(weights_only=True)`; a checkpoint that needs arbitrary unpickling
+is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, MutableMapping
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError, IimmError
+
+MODEL_ALIASES: dict[str, tuple[str, str]] = {
+    "clip": ("ViT-B-32", "openai"),
+    "siglip": ("ViT-B-16-SigLIP", "webli"),
+    "coca": ("coca_ViT-B-32", "laion2b_s13b_b90k"),
+    "eva02": ("EVA02-B-16", "merged2b_s8b_b131k"),
+}
+RANDOM_WEIGHTS = "random"
+RANDOM_INIT_SEED = 0
+TEXT_BATCH = 256
+_HASH_MEMO: dict[str, str] = {}
+
+
+class ModelUnavailable(IimmError):
+    """Weights, config or tokenizer of a model could not be fetched (no network, offline mode)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that identifies a model, resolved without building it.
+
+    Attributes:
+        name: the name as given (`clip`, `ViT-B-32`, `hf-hub:org/repo`, `local-dir:/path`).
+        architecture: the open_clip name used to build it (built-in name, or the
+            `hf-hub:` / `local-dir:` name itself).
+        pretrained: the tag or weights file; None for random (seeded) weights.
+        checkpoint: local path of the weights file, or None.
+        model_cfg: the open_clip architecture config.
+        preprocess_cfg: the eval preprocessing (size, mean, std, interpolation, resize_mode, fill_color).
+        fingerprint: sha256 over the architecture config and the weights' content.
+    """
+
+    name: str
+    architecture: str
+    pretrained: str | None
+    checkpoint: str | None
+    model_cfg: dict
+    preprocess_cfg: dict
+    fingerprint: str
+
+
+@dataclass
+class LoadedModel:
+    """A built model with its preprocessing and tokenizer.
+
+    `logit_scale` is the (exponentiated) temperature multiplying cosine similarities;
+    `logit_bias` is SigLIP's learned bias, None for models without one.
+    """
+
+    model: torch.nn.Module
+    preprocess: Callable
+    preprocess_train: Callable
+    tokenizer: Callable
+    name: str
+    architecture: str
+    pretrained: str | None
+    fingerprint: str
+    device: torch.device
+    logit_scale: float
+    logit_bias: float | None
+    precision: str = "fp32"
+    spec: ModelSpec | None = field(default=None, repr=False)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto` is the first CUDA device when one is usable, else the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"unknown device {device!r}; pass --device auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but CUDA is not available here; pass --device cpu")
+    return dev
+
+
+def resolve_model(name: str, pretrained: str | None = None, *,
+                  hash_memo: MutableMapping[str, str] | None = None) -> ModelSpec:
+    """Identify a model without building it (downloading its weights when needed).
+
+    For an alias, `pretrained` overrides the alias's tag (a tag or a weights file).
+    For a built-in architecture, `pretrained=None` (or "random") means seeded random weights.
+    """
+    import open_clip
+    from open_clip.factory import parse_model_name
+
+    if not name:
+        raise InputError("no model given; pass --model (an alias such as clip, an open_clip architecture, "
+                         "hf-hub:ORG/REPO or local-dir:PATH)")
+    if pretrained == RANDOM_WEIGHTS:
+        pretrained = None
+        random_requested = True
+    else:
+        random_requested = False
+    if name in MODEL_ALIASES:
+        architecture, tag = MODEL_ALIASES[name]
+        if pretrained is None and not random_requested:
+            pretrained = tag
+    else:
+        architecture = name
+    try:
+        schema, identifier = parse_model_name(architecture)
+    except ValueError as exc:
+        raise InputError(f"model name {name!r}: {exc}; give a path after local-dir: or ORG/REPO after hf-hub:") from exc
+
+    if schema == "local-dir":
+        model_cfg, preprocess_overlay, checkpoint = _resolve_local_dir(name, Path(identifier))
+        pretrained = checkpoint
+    elif schema == "hf-hub":
+        model_cfg, preprocess_overlay, checkpoint = _resolve_hf_hub(name, identifier)
+        pretrained = identifier
+    else:
+        model_cfg = open_clip.get_model_config(architecture.replace("/", "-"))
+        if model_cfg is None:
+            raise InputError(f"unknown model {name!r}; use an alias ({', '.join(MODEL_ALIASES)}), an open_clip "
+                             f"architecture (list them with `iimm models`), hf-hub:ORG/REPO or local-dir:PATH")
+        architecture = architecture.replace("/", "-")
+        preprocess_overlay, checkpoint = _resolve_builtin_weights(name, architecture, pretrained)
+    preprocess_cfg = _final_preprocess_cfg(model_cfg, preprocess_overlay)
+    weights_id = (file_fingerprint(checkpoint, hash_memo) if checkpoint else
+                  f"random-init:seed={RANDOM_INIT_SEED}:torch={torch.__version__}:open_clip={open_clip.__version__}")
+    fingerprint = _sha256_json({"model_cfg": model_cfg, "weights": weights_id})
+    return ModelSpec(name, architecture, pretrained, checkpoint, model_cfg, preprocess_cfg, fingerprint)
+
+
+def load_model(name: str, pretrained: str | None = None, device: str | torch.device = "cpu",
+               precision: str = "fp32", *, spec: ModelSpec | None = None) -> LoadedModel:
+    """Build a model in eval mode with its preprocessing and tokenizer.
+
+    precision: "fp32", "fp16", "bf16" (weights cast) — open_clip's precision names.
+    """
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    spec = spec or resolve_model(name, pretrained)
+    dev = resolve_device(device)
+    with torch.random.fork_rng(devices=[]), _quiet_open_clip():
+        torch.manual_seed(RANDOM_INIT_SEED)
+        try:
+            model = open_clip.create_model(spec.architecture, pretrained=None, load_weights=False,
+                                           precision="fp32", device="cpu", pretrained_image=False,
+                                           pretrained_text=False, force_preprocess_cfg=spec.preprocess_cfg)
+        except (RuntimeError, OSError, ValueError, AssertionError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise InputError(f"cannot build model {spec.name!r}: {reason}; check its open_clip config "
+                             f"(and that timm / transformers are installed for timm- or HF-based towers)") from exc
+    if spec.checkpoint:
+        _load_weights(model, spec.checkpoint, spec.name)
+    try:
+        model = _to_device_precision(model, dev, precision)
+    except ValueError as exc:
+        raise InputError(f"{exc}; pass --precision fp32, fp16 or bf16") from exc
+    model.eval()
+    pp = PreprocessCfg(**open_clip.get_model_preprocess_cfg(model))
+    tokenizer = _tokenizer(spec)
+    logit_bias = getattr(model, "logit_bias", None)
+    return LoadedModel(
+        model=model, preprocess=image_transform_v2(pp, is_train=False),
+        preprocess_train=image_transform_v2(pp, is_train=True), tokenizer=tokenizer, name=spec.name,
+        architecture=spec.architecture, pretrained=spec.pretrained, fingerprint=spec.fingerprint, device=dev,
+        logit_scale=float(model.logit_scale.detach().float().exp().item()),
+        logit_bias=float(logit_bias.detach().float().item()) if logit_bias is not None else None,
+        precision=precision, spec=spec)
+
+
+def encode_images(lm: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+    """images: (B, 3, H, W) preprocessed -> (B, D) float32 raw (not normalised) image embeddings.
+
+    Runs without gradients; on CUDA with fp32 weights it runs under autocast (bf16 where supported).
+    """
+    with torch.no_grad(), _autocast(lm):
+        x = images.to(lm.device, dtype=_input_dtype(lm), non_blocking=True)
+        return lm.model.encode_image(x, normalize=False).float()
+
+
+def encode_texts(lm: LoadedModel, texts: list[str]) -> torch.Tensor:
+    """texts: n strings -> (n, D) float32 raw (not normalised) text embeddings, without gradients."""
+    out = []
+    with torch.no_grad(), _autocast(lm):
+        for lo in range(0, len(texts), TEXT_BATCH):
+            tokens = lm.tokenizer(list(texts[lo:lo + TEXT_BATCH])).to(lm.device)
+            out.append(lm.model.encode_text(tokens, normalize=False).float())
+    if not out:
+        raise InputError("no texts to encode; give at least one class name and one template")
+    return torch.cat(out)
+
+
+def class_text_embeddings(lm: LoadedModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
+    """One text embedding per class: (C, D) float32, unit norm, on the model's device.
+
+    Each prompt `template.replace("{}", name)` is encoded and L2-normalised; a class's
+    prompts are averaged and the mean is renormalised (the CLIP prompt ensemble).
+    """
+    from .data import fill_template
+
+    if not classnames:
+        raise InputError("no class names; a dataset needs at least one class")
+    if not templates:
+        raise InputError("no prompt templates; pass --template 'a photo of a {}.' or a --templates file")
+    prompts = [fill_template(t, c) for c in classnames for t in templates]
+    emb = F.normalize(encode_texts(lm, prompts).double(), dim=-1)
+    if not torch.isfinite(emb).all():
+        raise InputError(f"model {lm.name} produced NaN/Inf text embeddings; try --precision fp32")
+    mean = emb.reshape(len(classnames), len(templates), -1).mean(dim=1)
+    norms = mean.norm(dim=-1, keepdim=True)
+    if (norms == 0).any():
+        bad = classnames[int(torch.nonzero(norms.squeeze(-1) == 0)[0])]
+        raise InputError(f"the prompts of class {bad!r} average to a zero vector; use other templates")
+    return (mean / norms).float()
+
+
+def file_fingerprint(path: str | os.PathLike, memo: MutableMapping[str, str] | None = None) -> str:
+    """sha256 of a file's content, memoised by (real path, size, mtime) in `memo` and in-process."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = f"{p}:{st.st_size}:{st.st_mtime_ns}"
+    digest = (memo.get(key) if memo is not None else None) or _HASH_MEMO.get(key)
+    if digest is None:
+        with open(p, "rb") as f:
+            digest = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+    _HASH_MEMO[key] = digest
+    if memo is not None and memo.get(key) != digest:
+        memo[key] = digest
+    return digest
+
+
+def _resolve_local_dir(name: str, folder: Path) -> tuple[dict, dict, str | None]:
+    from open_clip.factory import _find_checkpoint_in_dir
+
+    config_path = folder / "open_clip_config.json"
+    if not folder.is_dir():
+        raise InputError(f"model folder not found: {folder}; local-dir: needs a folder holding "
+                         f"open_clip_config.json and the weights")
+    if not config_path.is_file():
+        raise InputError(f"{folder} has no open_clip_config.json; a local-dir: model folder needs it beside the "
+                         f"weights (open_clip_model.safetensors)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read {config_path}: {exc}; fix or replace the JSON file") from exc
+    if "model_cfg" not in config:
+        raise InputError(f"{config_path} has no 'model_cfg' entry; write it as open_clip does "
+                         f"({{\"model_cfg\": ..., \"preprocess_cfg\": ...}})")
+    checkpoint = _find_checkpoint_in_dir(folder)
+    return config["model_cfg"], config.get("preprocess_cfg", {}), checkpoint
+
+
+def _resolve_hf_hub(name: str, repo: str) -> tuple[dict, dict, str]:
+    from open_clip.pretrained import download_pretrained_from_hf
+
+    try:
+        config_path = download_pretrained_from_hf(repo, filename="open_clip_config.json")
+        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+        checkpoint = download_pretrained_from_hf(repo)
+    except Exception as exc:  # huggingface_hub raises many types (offline, HTTP, missing file)
+        raise _unavailable(name, f"hf-hub:{repo}", exc) from exc
+    if "model_cfg" not in config:
+        raise InputError(f"hf-hub:{repo} has an open_clip_config.json without 'model_cfg'; it is not an "
+                         f"open_clip model repository")
+    return config["model_cfg"], config.get("preprocess_cfg", {}), checkpoint
+
+
+def _resolve_builtin_weights(name: str, architecture: str, pretrained: str | None) -> tuple[dict, str | None]:
+    import open_clip
+
+    if pretrained is None:
+        return {}, None
+    tag_cfg = open_clip.get_pretrained_cfg(architecture, pretrained)
+    if tag_cfg:
+        try:
+            checkpoint = open_clip.download_pretrained(tag_cfg)
+        except Exception as exc:  # network / offline / missing-file errors of urllib and huggingface_hub
+            source = tag_cfg.get("hf_hub") or tag_cfg.get("url") or ""
+            raise _unavailable(name, f"{architecture} pretrained '{pretrained}' ({source.rstrip('/')})", exc) from exc
+        return tag_cfg, checkpoint
+    if os.path.isfile(pretrained):
+        return {}, pretrained
+    tags = open_clip.list_pretrained_tags_by_model(architecture)
+    raise InputError(f"--pretrained {pretrained!r} is neither a weights file nor a tag of {architecture}; "
+                     f"tags: {', '.join(tags) or 'none'} (or 'random' for random weights)")
+
+
+def _final_preprocess_cfg(model_cfg: dict, overlay: dict) -> dict:
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+    from open_clip.utils import to_2tuple
+
+    cfg = merge_preprocess_dict(PreprocessCfg(), overlay or {})
+    cfg["size"] = to_2tuple(model_cfg.get("vision_cfg", {}).get("image_size", cfg["size"]))
+    return json.loads(json.dumps(cfg))  # tuples -> lists, as a stable JSON-like value
+
+
+def _load_weights(model: torch.nn.Module, checkpoint: str, name: str) -> None:
+    """open_clip's checkpoint loading, minus its fallback to unrestricted torch.load on TypeError."""
+    from open_clip.convert import convert_state_dict, load_big_vision_weights
+    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+
+    if Path(checkpoint).suffix in (".npz", ".npy"):  # big_vision (SigLIP) numpy weights; np.load without pickle
+        load_big_vision_weights(model, checkpoint)
+        return
+    sd = convert_state_dict(model, read_state_dict(checkpoint))
+    if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
+        sd = convert_to_custom_text_state_dict(sd)
+    for key in ("logit_scale", "logit_bias"):
+        if key in sd and getattr(model, key, None) is not None and getattr(model, key).ndim != sd[key].ndim:
+            sd[key] = sd[key].reshape(getattr(model, key).shape)
+    if "logit_bias" not in sd and getattr(model, "logit_bias", None) is not None:
+        sd["logit_bias"] = torch.zeros_like(sd["logit_scale"])
+    sd.pop("text.transformer.embeddings.position_ids", None)  # dropped by transformers>=4.31 text towers
+    resize_pos_embed(sd, model)
+    resize_text_pos_embed(sd, model)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"weights {checkpoint} do not fit model {name}: {first}; pass the weights of the same "
+                         f"architecture") from exc
+
+
+def read_state_dict(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint: safetensors, or torch.load(weights_only=True) — never arbitrary unpickling."""
+    path = str(checkpoint)
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            ckpt = load_file(path, device="cpu")
+        else:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise InputError(f"refusing to load {path}: it needs arbitrary unpickling (Python objects, not only "
+                         f"tensors), which can run code; save the state dict as .safetensors or as plain tensors "
+                         f"with torch.save(model.state_dict())") from exc
+    except (OSError, ValueError, RuntimeError, TypeError, AttributeError, KeyError, EOFError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise InputError(f"cannot read weights {path} safely ({type(exc).__name__}: {first}); check the file is a "
+                         f"complete .safetensors or tensor-only .pt/.bin checkpoint") from exc
+    if isinstance(ckpt, dict) and "state_dict" in ckpt:
+        ckpt = ckpt["state_dict"]
+    if not isinstance(ckpt, dict) or not ckpt or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise InputError(f"{path} holds no state dict of tensors; pass a checkpoint saved from model.state_dict()")
+    if next(iter(ckpt)).startswith("module."):
+        ckpt = {k[7:]: v for k, v in ckpt.items()}
+    return ckpt
+
+
+def _to_device_precision(model: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision not in dtypes:
+        raise ValueError(f"unknown precision {precision!r}")
+    return model.to(device=device, dtype=dtypes[precision])
+
+
+def _tokenizer(spec: ModelSpec) -> Callable:
+    import open_clip
+
+    try:
+        return open_clip.get_tokenizer(spec.architecture)
+    except Exception as exc:  # HF tokenizer downloads fail with many exception types
+        raise _unavailable(spec.name, "its tokenizer", exc) from exc
+
+
+@contextlib.contextmanager
+def _quiet_open_clip():
+    """Silence open_clip's "no pretrained weights loaded" warning: iimm loads the weights itself."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def _input_dtype(lm: LoadedModel) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(lm.precision, torch.float32)
+
+
+def _autocast(lm: LoadedModel):
+    if lm.device.type == "cuda" and lm.precision == "fp32":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+def _unavailable(name: str, what: str, exc: BaseException) -> ModelUnavailable:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        reason = "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache"
+    else:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = first if len(first) <= 120 else first[:117].rsplit(" ", 1)[0] + " …"
+    return ModelUnavailable(
+        f"model {name!r}: {what} could not be downloaded ({reason}); supply it offline with --pretrained FILE "
+        f"(a .safetensors file), --model local-dir:PATH (open_clip_config.json + weights), or by placing it in "
+        f"the Hugging Face cache (HF_HOME) from a machine with network access")
+
+
+def _sha256_json(obj: Any) -> str:
+    return "sha256:" + hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

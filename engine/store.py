@@ -1,0 +1,319 @@
+"""The embedded store: a SQLite registry beside folders of `.npy` embedding shards.
+
+Layout under the store root (`$IIMM_HOME`, else `~/.cache/iimm`):
+
+    registry.sqlite            datasets, embedding sets, their shards, score runs, file hashes
+    embeddings/<set id>/       image-00000.npy, label-00000.npy, …, text.npy, classnames.json, meta.json
+    embeddings/<set id>.lock   held (flock) while one process extracts that set
+
+An embedding set's id is a hash of everything its numbers depend on: model
+architecture and weights fingerprint, preprocessing, dataset fingerprint (paths,
+sizes, mtimes, labels), storage dtype, class names and prompt templates. Every file
+is written under a temporary name and renamed into place; the registry runs in WAL
+mode with a busy timeout, so concurrent runs on one store never see half a file or
+a torn row. Other modules add their own tables (fine-tune runs, calibrations) with
+`Store.migrate(module, version, statements)`; rows refer to `datasets.id` and
+`embedding_sets.id`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import InputError
+
+BUSY_TIMEOUT_MS = 60_000
+ID_CHARS = 24
+
+_CORE_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS schema_migrations (
+        module TEXT PRIMARY KEY, version INTEGER NOT NULL, applied REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS datasets (
+        id TEXT PRIMARY KEY,            -- dataset fingerprint
+        source TEXT NOT NULL,           -- folder or manifest path
+        n_items INTEGER NOT NULL,
+        class_keys TEXT NOT NULL,       -- JSON list
+        created REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS embedding_sets (
+        id TEXT PRIMARY KEY,            -- hash of image_key, class names, templates
+        image_key TEXT NOT NULL,        -- hash of model, preprocessing, dataset, dtype
+        dataset_id TEXT NOT NULL REFERENCES datasets(id),
+        model TEXT NOT NULL, architecture TEXT NOT NULL, pretrained TEXT,
+        model_fingerprint TEXT NOT NULL, preprocess TEXT NOT NULL,
+        classnames TEXT NOT NULL, templates TEXT NOT NULL,
+        dtype TEXT NOT NULL, shard_rows INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('partial', 'complete')),
+        n_rows INTEGER, n_skipped INTEGER, location TEXT NOT NULL,
+        created REAL NOT NULL, updated REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS embedding_sets_image_key ON embedding_sets(image_key, status)",
+    """CREATE TABLE IF NOT EXISTS shards (
+        set_id TEXT NOT NULL REFERENCES embedding_sets(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL, rows INTEGER NOT NULL,
+        skipped TEXT NOT NULL,          -- JSON list of unreadable image paths
+        PRIMARY KEY (set_id, idx))""",
+    """CREATE TABLE IF NOT EXISTS score_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        embedding_set_id TEXT REFERENCES embedding_sets(id),
+        input TEXT NOT NULL, backend TEXT, device TEXT, version TEXT,
+        scores TEXT NOT NULL,           -- JSON {key: value}
+        seconds REAL, created REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS file_hashes (
+        key TEXT PRIMARY KEY,           -- real path : size : mtime_ns
+        digest TEXT NOT NULL)""",
+]
+
+
+def default_store_root() -> Path:
+    """`$IIMM_HOME` if set, else `~/.cache/iimm`."""
+    home = os.environ.get("IIMM_HOME")
+    return Path(home).expanduser() if home else Path("~/.cache/iimm").expanduser()
+
+
+def hash_json(obj: Any) -> str:
+    """Stable sha256 hex digest of a JSON-able value (keys sorted)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a file under a unique temporary name in the same folder, then rename it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_npy_atomic(path: Path, array: np.ndarray) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=1, default=str) + "\n").encode())
+
+
+class Store:
+    """A store root: the SQLite registry and the embedding folders."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root).expanduser() if root else default_store_root()
+        try:
+            (self.root / "embeddings").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the embedding store at {self.root}: {exc}; set IIMM_HOME or --store "
+                             f"to a writable folder") from exc
+        self.db_path = self.root / "registry.sqlite"
+        con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            con.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as exc:
+            raise InputError(f"cannot open the store registry {self.db_path}: {exc}; check the folder is "
+                             f"writable or pass another --store") from exc
+        finally:
+            con.close()
+        with self.connect() as con:
+            for statement in _CORE_SCHEMA:
+                con.execute(statement)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection committing on success and rolling back on error (rows as sqlite3.Row)."""
+        try:
+            con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise InputError(f"cannot open the store registry {self.db_path}: {exc}; check the folder is "
+                             f"writable or pass another --store") from exc
+        con.row_factory = sqlite3.Row
+        con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        con.execute("PRAGMA foreign_keys=ON")
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+
+    def migrate(self, module: str, version: int, statements: list[str]) -> bool:
+        """Apply a module's schema statements once per version; True if they ran now."""
+        with self.connect() as con:
+            row = con.execute("SELECT version FROM schema_migrations WHERE module=?", (module,)).fetchone()
+            if row is not None and row["version"] >= version:
+                return False
+            for statement in statements:
+                con.execute(statement)
+            con.execute("INSERT OR REPLACE INTO schema_migrations VALUES (?, ?, ?)", (module, version, time.time()))
+        return True
+
+    # ---- datasets and embedding sets ----------------------------------------------------------------
+
+    def set_dir(self, set_id: str) -> Path:
+        return self.root / "embeddings" / set_id
+
+    def record_dataset(self, fingerprint: str, source: str, n_items: int, class_keys: list[str]) -> None:
+        with self.connect() as con:
+            con.execute("INSERT OR IGNORE INTO datasets VALUES (?, ?, ?, ?, ?)",
+                        (fingerprint, source, n_items, json.dumps(class_keys), time.time()))
+
+    def get_set(self, set_id: str) -> dict | None:
+        with self.connect() as con:
+            row = con.execute("SELECT * FROM embedding_sets WHERE id=?", (set_id,)).fetchone()
+        return dict(row) if row else None
+
+    def complete_set_with_images(self, image_key: str) -> dict | None:
+        """A finished set whose image rows match `image_key` (whatever its class names or templates)."""
+        with self.connect() as con:
+            row = con.execute("SELECT * FROM embedding_sets WHERE image_key=? AND status='complete' "
+                              "ORDER BY updated DESC LIMIT 1", (image_key,)).fetchone()
+        return dict(row) if row else None
+
+    def open_set(self, set_id: str, image_key: str, dataset_id: str, fields: dict) -> dict:
+        """Register a set as 'partial' unless it exists; return its row."""
+        now = time.time()
+        row = dict(id=set_id, image_key=image_key, dataset_id=dataset_id, status="partial", n_rows=None,
+                   n_skipped=None, location=str(self.set_dir(set_id)), created=now, updated=now, **fields)
+        with self.connect() as con:
+            cols = ", ".join(row)
+            con.execute(f"INSERT OR IGNORE INTO embedding_sets ({cols}) VALUES ({', '.join('?' * len(row))})",
+                        tuple(row.values()))
+            found = con.execute("SELECT * FROM embedding_sets WHERE id=?", (set_id,)).fetchone()
+        return dict(found)
+
+    def finished_shards(self, set_id: str) -> dict[int, tuple[int, list[str]]]:
+        """idx -> (rows, skipped paths) for every shard recorded finished whose files are present."""
+        folder = self.set_dir(set_id)
+        with self.connect() as con:
+            rows = con.execute("SELECT idx, rows, skipped FROM shards WHERE set_id=?", (set_id,)).fetchall()
+        out = {}
+        for r in rows:
+            if (folder / shard_name("image", r["idx"])).exists() and (folder / shard_name("label", r["idx"])).exists():
+                out[r["idx"]] = (r["rows"], json.loads(r["skipped"]))
+        return out
+
+    def record_shard(self, set_id: str, idx: int, rows: int, skipped: list[str]) -> None:
+        with self.connect() as con:
+            con.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?)", (set_id, idx, rows, json.dumps(skipped)))
+
+    def mark_complete(self, set_id: str, n_rows: int, n_skipped: int) -> None:
+        with self.connect() as con:
+            con.execute("UPDATE embedding_sets SET status='complete', n_rows=?, n_skipped=?, updated=? WHERE id=?",
+                        (n_rows, n_skipped, time.time(), set_id))
+
+    def reset_set(self, set_id: str) -> None:
+        """Forget a set's finished shards (its files went missing) so the next run rebuilds it."""
+        with self.connect() as con:
+            con.execute("DELETE FROM shards WHERE set_id=?", (set_id,))
+            con.execute("UPDATE embedding_sets SET status='partial', updated=? WHERE id=?", (time.time(), set_id))
+
+    def list_sets(self) -> list[dict]:
+        with self.connect() as con:
+            return [dict(r) for r in con.execute("SELECT * FROM embedding_sets ORDER BY updated DESC")]
+
+    def record_score_run(self, scores: dict, *, input: str, embedding_set_id: str | None = None,
+                         backend: str | None = None, device: str | None = None, version: str | None = None,
+                         seconds: float | None = None) -> int:
+        """Log one scoring run; returns its id."""
+        with self.connect() as con:
+            cur = con.execute("INSERT INTO score_runs (embedding_set_id, input, backend, device, version, scores, "
+                              "seconds, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                              (embedding_set_id, input, backend, device, version, json.dumps(scores), seconds,
+                               time.time()))
+            return int(cur.lastrowid)
+
+    # ---- locks and file hashes ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, set_id: str) -> Iterator[None]:
+        """Exclusive lock on one embedding set across processes (waits for the holder to finish)."""
+        path = self.root / "embeddings" / f"{set_id}.lock"
+        with open(path, "a+b") as f:
+            try:
+                import fcntl
+            except ImportError:  # no flock (Windows): atomic renames still keep files whole
+                yield
+                return
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def hash_memo(self) -> "FileHashMemo":
+        return FileHashMemo(self)
+
+
+class FileHashMemo(MutableMapping):
+    """Content hashes of weight files keyed by (real path, size, mtime), kept in the registry."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def __getitem__(self, key: str) -> str:
+        with self.store.connect() as con:
+            row = con.execute("SELECT digest FROM file_hashes WHERE key=?", (key,)).fetchone()
+        if row is None:
+            raise KeyError(key)
+        return row["digest"]
+
+    def __setitem__(self, key: str, digest: str) -> None:
+        with self.store.connect() as con:
+            con.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?)", (key, digest))
+
+    def __delitem__(self, key: str) -> None:
+        with self.store.connect() as con:
+            con.execute("DELETE FROM file_hashes WHERE key=?", (key,))
+
+    def __iter__(self):
+        with self.store.connect() as con:
+            keys = [r["key"] for r in con.execute("SELECT key FROM file_hashes")]
+        return iter(keys)
+
+    def __len__(self) -> int:
+        with self.store.connect() as con:
+            return int(con.execute("SELECT COUNT(*) FROM file_hashes").fetchone()[0])
+
+
+def shard_name(kind: str, idx: int) -> str:
+    """`image-00003.npy` / `label-00003.npy`: the names `load_embeddings` reads in order."""
+    return f"{kind}-{idx:05d}.npy"
+
+
+def open_store(store) -> Store | None:
+    """A Store from None (the default root), a path, or a Store."""
+    if isinstance(store, Store):
+        return store
+    return Store(store)

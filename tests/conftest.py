@@ -1,0 +1,33 @@
+"""Shared session-scoped fixtures: tiny open_clip models and a digits PNG tree (see fixtures_tiny.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fixtures_tiny import tiny_model_config, write_digits_png, write_local_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Path of a tiny CLIP ViT saved as an open_clip folder; use it as f"local-dir:{tiny_model_dir}"."""
+    return write_local_dir(tmp_path_factory.mktemp("tiny-clip"), tiny_model_config("clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir_factory(tmp_path_factory):
+    """make(family="clip"|"siglip"|"coca"|"eva", seed=0) -> local-dir path, built once per session."""
+    built = {}
+
+    def make(family: str = "clip", seed: int = 0):
+        if (family, seed) not in built:
+            folder = tmp_path_factory.mktemp(f"tiny-{family}-{seed}")
+            built[family, seed] = write_local_dir(folder, tiny_model_config(family), seed=seed)
+        return built[family, seed]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def digits_png_dir(tmp_path_factory):
+    """A class-per-folder PNG tree of sklearn digits: 10 classes × 20 images, 32×32 px (do not modify)."""
+    return write_digits_png(tmp_path_factory.mktemp("digits"))
