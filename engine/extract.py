@@ -113,6 +113,7 @@ class _Run:
         from .. import __version__
         return {"model": self.spec.name, "pretrained": self.spec.pretrained, "architecture": self.spec.architecture,
                 "model_fingerprint": self.spec.fingerprint, "preprocess": self.spec.preprocess_cfg,
+                "logit_scale": self.lm.logit_scale,
                 "data": self.ds.root, "classnames": self.ds.classnames, "class_keys": self.ds.class_keys,
                 "templates": self.templates, "dtype": self.dtype, "images": images, "skipped": skipped,
                 "iimm_version": __version__, "open_clip_version": open_clip.__version__,
