@@ -8,6 +8,7 @@ import click
 
 from .. import __version__
 from ..engine.errors import IimmError
+from .bench import bench
 from .collect import collect
 from .embed import embed
 from .models_cmd import models
@@ -23,7 +24,7 @@ def cli(debug: bool) -> None:
     """iimm: how much will fine-tuning a vision-language model gain on a task, and what will it forget?"""
 
 
-for command in (score, embed, models, screen_cmd, predict, collect):
+for command in (score, embed, models, screen_cmd, predict, collect, bench):
     cli.add_command(command)
 
 

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels run on the CPU interpreter; it must be chosen before anything imports triton.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 from fixtures_tiny import tiny_model_config, write_digits_png, write_local_dir
 
