@@ -9,8 +9,10 @@ import click
 from .. import __version__
 from ..engine.errors import IimmError
 from .bench import bench
+from .calibrate import calibrate_cmd
 from .collect import collect
 from .embed import embed
+from .finetune import finetune
 from .models_cmd import models
 from .predict import predict
 from .score import score
@@ -24,7 +26,7 @@ def cli(debug: bool) -> None:
     """iimm: how much will fine-tuning a vision-language model gain on a task, and what will it forget?"""
 
 
-for command in (score, embed, models, screen_cmd, predict, collect, bench):
+for command in (score, embed, models, finetune, calibrate_cmd, screen_cmd, predict, collect, bench):
     cli.add_command(command)
 
 

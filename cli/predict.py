@@ -7,18 +7,18 @@ from pathlib import Path
 import click
 
 from ..engine import load_embeddings, score as score_embeddings
+from ..engine.calibrate import known_scores
 from ..engine.predict import Calibration, predict as predict_outcomes, rank_among
+from .extract_options import extraction_options
 from .progress import ProgressBar
 from .render import emit, table, to_json
 
 
-def task_score(embeddings_path, score_key: str, backend: str = "auto", device: str = "auto",
-               progress: bool = True) -> tuple[float, dict]:
-    """The task's score (IIMM) from its embeddings, and the embedding set's metadata."""
-    es = load_embeddings(embeddings_path)
+def task_score(es, score_key: str, backend: str = "auto", device: str = "auto", progress: bool = True) -> float:
+    """The task's score (IIMM) from its embedding set."""
     with ProgressBar(enabled=progress) as bar:
         report = score_embeddings(es, [score_key], backend=backend, device=device, progress=bar)
-    return report.scores[score_key], dict(es.meta)
+    return report.scores[score_key]
 
 
 def prediction_report(value: float, calibration: Calibration | None = None, level: float = 0.90,
@@ -65,6 +65,7 @@ def out_of_range_warning(report: dict, score_key: str = "iimm") -> str | None:
 
 
 @click.command()
+@extraction_options
 @click.option("--calibration", "calibration_path", type=click.Path(dir_okay=False),
               help="A calibration JSON written by `iimm calibrate`; without it, only the IIMM (and its rank).")
 @click.option("--embeddings", "embeddings_path", type=click.Path(),
@@ -78,19 +79,29 @@ def out_of_range_warning(report: dict, score_key: str = "iimm") -> str | None:
 @click.option("--backend", default="auto", show_default=True, help="auto, torch, numba or triton.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
-def predict(calibration_path, embeddings_path, level, fmt, output, plot_path, backend, device, progress):
-    """Predict fine-tuning gain and forgetting of a task from its IIMM."""
-    if embeddings_path is None:
-        raise click.UsageError("give the task's embeddings with --embeddings PATH (.npz or folder)")
+def predict(extract, calibration_path, embeddings_path, level, fmt, output, plot_path, backend, device, progress):
+    """Predict fine-tuning gain and forgetting of a task from its IIMM.
+
+    The task is --embeddings PATH, or --model M --data IMAGES (embeddings from the store).
+    Without --calibration it prints the IIMM and its rank among the scores the store knows.
+    """
+    if extract.given == bool(embeddings_path):
+        raise click.UsageError("give the task once: --embeddings PATH, or --model M --data PATH")
     calibration = Calibration.from_json(calibration_path) if calibration_path else None
     if plot_path and calibration is None:
         raise click.UsageError("--plot draws the calibration; pass --calibration FILE as well")
     score_key = calibration.score_key if calibration else "iimm"
-    value, meta = task_score(embeddings_path, score_key, backend, device, progress)
+    if extract.given:
+        with ProgressBar(unit="img", enabled=progress) as bar:
+            es, _ = extract.embed(device=device, progress=bar)
+    else:
+        es = load_embeddings(embeddings_path)
+    value, meta = task_score(es, score_key, backend, device, progress), es.meta
     if calibration is not None and meta.get("model") not in (None, calibration.model):
         click.echo(f"warning: the embeddings come from model {meta['model']!r} but the calibration is for "
                    f"{calibration.model!r}", err=True)
-    report = prediction_report(value, calibration, level)
+    known = None if calibration else known_scores(extract.store, score_key)
+    report = prediction_report(value, calibration, level, known)
     warning = out_of_range_warning(report, score_key)
     if warning:
         click.echo(warning, err=True)
@@ -99,6 +110,6 @@ def predict(calibration_path, embeddings_path, level, fmt, output, plot_path, ba
             click.echo(f"note: no {name.split('/', 1)[1]} prediction: {reason}", err=True)
     if plot_path:
         from ..engine.plots import plot_calibration
-        plot_calibration(calibration, None, plot_path, level, highlight=(Path(embeddings_path).stem, value))
+        plot_calibration(calibration, None, plot_path, level, highlight=(Path(embeddings_path or extract.data).stem, value))
         click.echo(f"wrote {plot_path}", err=True)
     emit(to_json(report) if fmt == "json" else report_table(report, score_key), output)

@@ -15,6 +15,12 @@ import pytest  # noqa: E402
 from fixtures_tiny import tiny_model_config, write_digits_png, write_local_dir
 
 
+@pytest.fixture(autouse=True)
+def isolated_store(tmp_path_factory, monkeypatch):
+    """No test writes to the user's ~/.cache/iimm: the default store is a fresh temporary folder."""
+    monkeypatch.setenv("IIMM_HOME", str(tmp_path_factory.mktemp("iimm-home")))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """Path of a tiny CLIP ViT saved as an open_clip folder; use it as f"local-dir:{tiny_model_dir}"."""

@@ -451,10 +451,15 @@ def test_predict_command_warns_outside_range_and_writes_table_and_plot(tmp_path,
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_predict_command_without_calibration_reports_iimm(hand_npz):
-    result = run_predict(["--embeddings", str(hand_npz), "--format", "json"])
+def test_predict_command_without_calibration_reports_iimm(hand_npz, tmp_path):
+    from iimm.engine.store import Store
+
+    store = Store(tmp_path / "store")
+    for value in (0.1, 0.5, 0.2):  # IIMMs of tasks scored earlier
+        store.record_score_run({"iimm": value}, input="earlier")
+    result = run_predict(["--embeddings", str(hand_npz), "--format", "json", "--store", str(store.root)])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"iimm": pytest.approx(HAND_IIMM, rel=1e-12)}
+    assert json.loads(result.stdout) == {"iimm": pytest.approx(HAND_IIMM, rel=1e-12), "rank": 2, "of": 4}
     table = run_predict(["--embeddings", str(hand_npz)])
     assert table.stdout.startswith("iimm = 0.353553") and "no calibration given" in table.stdout
 

@@ -1,0 +1,145 @@
+"""`iimm finetune`: a reference fine-tune of a model on a task, with its record kept in the store."""
+
+from __future__ import annotations
+
+import click
+from tqdm.auto import tqdm
+
+from ..engine.errors import InputError
+from ..engine.finetune import METHODS
+from ..engine.finetune import finetune as run_finetune
+from .extract_options import extraction_options
+from .training_options import TRAIN_BATCH_DEFAULT, training_options
+from .render import emit, to_json
+
+
+class TrainingProgress:
+    """Renders the engine's progress on stderr: a tqdm bar per stage (loss and accuracy as postfix),
+    one line per finished epoch, and the trainable-parameter count (always)."""
+
+    def __init__(self, method: str, enabled: bool = True):
+        self.method, self.enabled = method, enabled
+        self._bar = None
+        self._stage = None
+
+    def __call__(self, stage: str, done: int, total: int, metrics: dict | None = None) -> None:
+        if stage == "setup":
+            self.close()
+            m = metrics or {}
+            share = 100.0 * done / total if total else 0.0
+            click.echo(f"iimm: {self.method}: {done:,} trainable parameters of {total:,} ({share:.3g}%); seed "
+                       f"{m.get('seed')}, {m.get('train_images')} training images", err=True)
+            return
+        if not self.enabled:
+            return
+        if stage == "epoch finished":
+            self.close()
+            m = metrics or {}
+            val = f", val acc {m['val_acc']:.4f}" if m.get("val_acc") is not None else ""
+            mark = " *" if m.get("best") else ""
+            click.echo(f"seed {m.get('seed')} epoch {done}/{total}: loss {m['train_loss']:.4f}, train acc "
+                       f"{m['train_acc']:.4f}{val}{mark}", err=True)
+            return
+        if stage != self._stage:
+            self.close()
+            self._stage = stage
+            self._bar = tqdm(total=total, desc=stage, leave=False, disable=None)
+        self._bar.update(done - self._bar.n)
+        if metrics:
+            self._bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['acc']:.3f}", refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self._stage = None
+
+    def __enter__(self) -> "TrainingProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def record_table(record: dict) -> str:
+    """The record as a two-column table for people."""
+    std = record.get("std", {})
+
+    def acc(value, spread=None):
+        return f"{value:.4f}" + (f" ± {spread:.4f}" if spread is not None else "")
+
+    rows = [["model", f"{record['model']} ({record['architecture']})"],
+            ["method", f"{record['method']}: {record['trainable_params']:,} trainable of {record['total_params']:,}"],
+            ["task", f"{record['task']}  (train {record['images']['train']}, val {record['images']['val']}, "
+                     f"test {record['images']['test']})"],
+            ["zero-shot accuracy", acc(record["zeroshot_acc"])],
+            ["fine-tuned accuracy", acc(record["finetuned_acc"], std.get("finetuned_acc"))],
+            ["gain", f"{record['gain']:+.4f}"],
+            ["normalized gain", "n/a (zero-shot accuracy is 1)" if record["normalized_gain"] is None
+             else f"{record['normalized_gain']:+.4f}"]]
+    for name, v in record["ood"].items():
+        rows.append([f"{name} before → after", f"{v['before']:.4f} → {v['after']:.4f} ({v['after'] - v['before']:+.4f})"])
+    if record["forgetting"] is not None:
+        rows.append(["forgetting", f"{record['forgetting']:+.4f}"])
+    if "iimm" in record["scores"]:
+        rows.append(["iimm (zero-shot)", f"{record['scores']['iimm']:.6f}"])
+    seeds = record["per_seed"]
+    rows += [["seeds", ", ".join(str(p["seed"]) for p in seeds)],
+             ["best epoch", ", ".join(str(p["best_epoch"]) for p in seeds)],
+             ["checkpoint", record["checkpoint"]],
+             ["record", record.get("path", "")],
+             ["seconds", f"{record['seconds']:.1f}"]]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+@click.command()
+@extraction_options
+@training_options
+@click.option("--method", type=click.Choice(METHODS), required=True,
+              help="full, bitfit (block biases), attention (A-CLIP: Q/K/V input projections), lora (Q and V), "
+                   "adapter (CLIP-Adapter) or probe (linear head on frozen image features).")
+@click.option("--test", "test_path", type=click.Path(exists=True),
+              help="Test images with the training classes (folder or manifest).")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Hold out this share of each class of --data as the test split.")
+@click.option("--eval", "eval_paths", multiple=True, type=click.Path(exists=True),
+              help="Another task (its own classes) measured before and after: forgetting. Repeatable.")
+@click.option("--ood-val", type=click.Path(exists=True),
+              help="Out-of-domain validation images with the training classes (for --select-on ood).")
+@click.option("--task", help="Task name in the record [default: the name of --data].")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run with the same settings.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--backend", default="auto", show_default=True, help="Backend of the zero-shot scores.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the result here instead of stdout.")
+@click.option("--progress/--no-progress", default=True, help="Progress bars and epoch lines on stderr.")
+@click.pass_context
+def finetune(ctx, extract, training, method, test_path, test_fraction, eval_paths, ood_val, task, resume, device,
+             backend, fmt, output, progress):
+    """Fine-tune a model on a task and record zero-shot vs fine-tuned accuracy, forgetting and the scores.
+
+    --batch-size is the training batch (default 128, the papers') and the encoding batch.
+    The record (JSON) and the checkpoints stay in the store (<store>/finetune/<run id>/),
+    where calibration reads them back; --resume continues an interrupted run.
+    """
+    if not extract.given:
+        raise InputError("nothing to fine-tune; pass --model M --data PATH --method METHOD")
+    extract.check()
+    batch_given = ctx.get_parameter_source("batch_size") not in (click.core.ParameterSource.DEFAULT, None)
+    cfg = training.config(extract.batch_size if batch_given else TRAIN_BATCH_DEFAULT)
+    options = training.method_options()
+    kw = extract.embed_kwargs()
+    with TrainingProgress(method, enabled=progress) as bar:
+        result = run_finetune(
+            extract.model, extract.data, method, pretrained=kw["pretrained"], config=cfg, options=options,
+            test=test_path, test_fraction=test_fraction, evals=eval_paths, ood_val=ood_val,
+            templates=kw["templates"], template_file=kw["template_file"], template_set=kw["template_set"],
+            classnames=kw["classnames"], split=kw["split"], domain=kw["domain"], task=task, seeds=training.seeds,
+            seed=training.seed, split_seed=training.split_seed, device=device, workers=kw["workers"],
+            store=kw["store"], resume=resume,
+            embed_options={"dtype": kw["dtype"], "use_cache": kw["use_cache"], "max_skip_frac": kw["max_skip_frac"],
+                           "batch_size": extract.batch_size},
+            score_backend=backend, progress=bar)
+    record = {**result.record, "path": str(result.run_dir / "record.json")}
+    emit(to_json(record) if fmt == "json" else record_table(record), output)

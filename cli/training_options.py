@@ -1,0 +1,95 @@
+"""Training options shared by `iimm finetune` and `iimm calibrate`: the run's TrainConfig and MethodOptions."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import click
+
+from ..engine.errors import InputError
+from ..engine.finetune import MethodOptions, TrainConfig
+from ..engine.finetune.trainer import OPTIMIZERS, SCHEDULES
+
+TRAIN_BATCH_DEFAULT = 128
+_NAMES = ("epochs", "lr", "wd", "optimizer", "schedule", "warmup", "val_fraction", "shots", "fraction", "seeds", "seed",
+          "split_seed", "select_on", "rank", "alpha", "lora_mlp", "reduction", "train_blocks")
+
+
+@dataclass
+class TrainingOptions:
+    epochs: int
+    lr: float | None
+    wd: float
+    optimizer: str
+    schedule: str
+    warmup: int
+    val_fraction: float
+    shots: int | None
+    fraction: float | None
+    seeds: int
+    seed: int
+    split_seed: int
+    select_on: str
+    rank: int
+    alpha: float
+    lora_mlp: bool
+    reduction: int
+    train_blocks: int | None
+
+    def config(self, batch_size: int = TRAIN_BATCH_DEFAULT) -> TrainConfig:
+        if self.shots is not None and self.fraction is not None:
+            raise InputError("both --shots and --fraction given; a few-shot run takes one of them")
+        return TrainConfig(epochs=self.epochs, lr=self.lr, wd=self.wd, optimizer=self.optimizer,
+                           batch_size=batch_size, schedule=self.schedule, warmup=self.warmup,
+                           val_fraction=self.val_fraction, shots=self.shots, fraction=self.fraction,
+                           select_on=self.select_on)
+
+    def method_options(self) -> MethodOptions:
+        return MethodOptions(rank=self.rank, alpha=self.alpha, lora_mlp=self.lora_mlp, reduction=self.reduction,
+                             train_blocks=self.train_blocks)
+
+
+_OPTIONS = [
+    click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
+    click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+                 help="Learning rate [default: per method and optimizer, e.g. sgd full 1e-4, lora 1e-3]."),
+    click.option("--wd", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="Weight decay."),
+    click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True,
+                 help="sgd (momentum 0.9) or adamw."),
+    click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True),
+    click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True, help="Linear warm-up steps."),
+    click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+                 help="Share of each class held out to choose the best epoch (0: keep the last epoch)."),
+    click.option("--shots", type=click.IntRange(min=1), help="Few-shot: train on K images per class."),
+    click.option("--fraction", type=click.FloatRange(0, 1, min_open=True),
+                 help="Few-shot: train on this share of each class."),
+    click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Repeat the run with this many seeds; report mean and standard deviation."),
+    click.option("--seed", type=int, default=0, show_default=True, help="First seed."),
+    click.option("--split-seed", type=int, default=0, show_default=True,
+                 help="Seed of the test/validation splits (the same for every run seed)."),
+    click.option("--select-on", type=click.Choice(["val", "ood"]), default="val", show_default=True,
+                 help="Choose the best epoch on in-domain validation, or on --ood-val."),
+    click.option("--rank", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA rank."),
+    click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True,
+                 help="LoRA alpha (updates scaled by alpha/rank)."),
+    click.option("--lora-mlp", is_flag=True, help="LoRA also on every Linear of each block's MLP."),
+    click.option("--reduction", type=click.IntRange(min=1), default=4, show_default=True,
+                 help="CLIP-Adapter bottleneck reduction."),
+    click.option("--train-blocks", type=click.IntRange(min=1),
+                 help="attention: train the first K blocks of each tower."),
+]
+
+
+def training_options(command):
+    """Decorator: add the training options and pass them as `training=TrainingOptions(...)`."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        training = TrainingOptions(**{name: kwargs.pop(name) for name in _NAMES})
+        return command(*args, training=training, **kwargs)
+
+    for option in reversed(_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper

@@ -1,0 +1,118 @@
+"""Calibration runs: a reference fine-tune per catalog task, then the fits that turn IIMM into predictions.
+
+For each (model, method) every non-probe task of the catalog is fine-tuned once (runs already
+in the store are reused, so an interrupted calibration resumes), evaluated before and after on
+its own test split and on every other catalog task (forgetting), and the records are fitted
+by `predict.fit_calibration`. Calibrations are also logged in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+from .catalog import Catalog, Dataset
+from .data import ImageDataset, load_image_dataset
+from .errors import InputError
+from .finetune import MethodOptions, TrainConfig, finetune
+from .predict import MIN_TASKS, Calibration, fit_calibration
+from .store import Store, open_store
+
+CALIBRATION_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS calibrations (id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, "
+    "pretrained TEXT, method TEXT NOT NULL, score_key TEXT NOT NULL, tasks TEXT NOT NULL, path TEXT, "
+    "calibration TEXT NOT NULL, created REAL NOT NULL)",
+]
+
+
+@dataclass
+class CalibrationRun:
+    """Per method: the calibration (None when too few tasks succeeded) and the fine-tune records."""
+
+    calibrations: dict[str, Calibration | None] = field(default_factory=dict)
+    records: dict[str, list[dict]] = field(default_factory=dict)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (task, method, one-line error)
+
+
+def task_data(ds: Dataset) -> tuple[str | ImageDataset, str | ImageDataset | None]:
+    """(training images, test images or None for the manifest's own "test" rows) of a catalog entry."""
+    if ds.test_path is not None:
+        return str(ds.images), str(ds.test_path)
+    if ds.test_split in (None, "test"):
+        return str(ds.images), None
+    full = load_image_dataset(ds.images, ds.classnames)
+    train = replace(full, items=[it for it in full.items if it.split != ds.test_split])
+    return train, full.select(split=ds.test_split)
+
+
+def calibrate(catalog: Catalog, model: str, methods: Sequence[str], *, pretrained: str | None = None,
+              config: TrainConfig | None = None, options: MethodOptions | None = None, seeds: int = 1,
+              seed: int = 0, split_seed: int = 0, test_fraction: float = 0.2, device: str = "auto", workers: int | None = None, store=None, score_backend: str = "auto",
+              permutations: int = 999, progress: Callable | None = None,
+              on_failure: Callable[[str, str, str], None] | None = None) -> CalibrationRun:
+    """Fine-tune `model` with each method on every target task of `catalog` and fit the calibrations.
+
+    A task's test images are its catalog `test` (a folder, or a split of its manifest), else a
+    stratified `test_fraction` of its images (seeded by `split_seed`).
+    """
+    targets = catalog.targets
+    if len(targets) < MIN_TASKS:
+        raise InputError(f"{catalog.source} has {len(targets)} tasks to fine-tune; a calibration needs at least "
+                         f"{MIN_TASKS} (probe_only datasets are only evaluated)")
+    st = open_store(store)
+    run = CalibrationRun()
+    for method in methods:
+        records = []
+        for ds in targets:
+            train, test = task_data(ds)
+            held_out = None if test is not None or ds.test_split == "test" else test_fraction
+            evals = [str(o.images) for o in catalog.datasets if o.name != ds.name]
+            try:
+                result = finetune(model, train, method, pretrained=pretrained, config=config, options=options,
+                                  test=test, test_fraction=held_out, evals=evals, templates=list(ds.templates) if ds.templates else None,
+                                  template_file=ds.template_file, template_set=ds.template_set,
+                                  classnames=ds.classnames, task=ds.name, seeds=seeds, seed=seed,
+                                  split_seed=split_seed, device=device,
+                                  workers=workers, store=st, score_backend=score_backend, reuse=True,
+                                  progress=progress)
+            except Exception as exc:  # noqa: BLE001 - one task's failure is reported, the others go on
+                message = " ".join(str(exc).split()) or type(exc).__name__
+                run.failures.append((ds.name, method, message))
+                if on_failure:
+                    on_failure(ds.name, method, message)
+                continue
+            records.append(result.record)
+        run.records[method] = records
+        if len(records) < MIN_TASKS:
+            run.calibrations[method] = None
+            continue
+        cal = fit_calibration(records, model, method, pretrained=records[0].get("pretrained"),
+                              permutations=permutations)
+        run.calibrations[method] = cal
+    return run
+
+
+def record_calibration(store: Store | str | None, calibration: Calibration, path: str | None) -> int:
+    """Log a calibration in the store's registry; returns its row id."""
+    st = open_store(store)
+    st.migrate("calibrations", 1, CALIBRATION_SCHEMA)
+    with st.connect() as con:
+        cur = con.execute("INSERT INTO calibrations (model, pretrained, method, score_key, tasks, path, calibration, "
+                          "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          (calibration.model, calibration.pretrained, calibration.method, calibration.score_key,
+                           json.dumps(calibration.tasks), path, calibration.to_json(), time.time()))
+        return int(cur.lastrowid)
+
+
+def known_scores(store: Store | str | None, key: str = "iimm") -> list[float]:
+    """Every `key` score the store has logged (score runs and fine-tune records), for ranking a new task."""
+    st = open_store(store)
+    values = []
+    with st.connect() as con:
+        for row in con.execute("SELECT scores FROM score_runs"):
+            value = json.loads(row["scores"]).get(key)
+            if value is not None:
+                values.append(float(value))
+    return values

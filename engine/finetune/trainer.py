@@ -1,0 +1,269 @@
+"""The training loop of one seed: optimizer, learning-rate schedule, best-epoch selection, resume.
+
+Loss: cross-entropy over `logit_scale · cos(image, class prompts)` (+ SigLIP's bias), or
+over the probe head's logits. Every epoch is seeded from (seed, epoch) — shuffling,
+augmentation, dropout — so a resumed run continues exactly as the uninterrupted run
+would have. After every epoch the resume state (trained parameters, optimizer state,
+progress) is written to `last.safetensors` in one atomic write, and the parameters of
+the best epoch so far to `checkpoint.safetensors`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import ImageDataset, collate_skipping
+from ..errors import InputError
+from .evaluate import accuracy, autocast, class_embeddings
+from .records import (CHECKPOINT_FILE, RESUME_FILE, RESUME_FORMAT, load_tensors, load_trainable, save_checkpoint,
+                      save_tensors)
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "constant")
+SGD_MOMENTUM = 0.9
+# Starting points inside the papers' grid (1e-5 … 1e-2); sweep --lr for real calibration runs.
+DEFAULT_LR = {
+    "sgd": {"full": 1e-4, "attention": 1e-4, "bitfit": 1e-3, "lora": 1e-3, "adapter": 1e-2, "probe": 1e-2},
+    "adamw": {"full": 1e-5, "attention": 1e-5, "bitfit": 1e-4, "lora": 1e-4, "adapter": 1e-3, "probe": 1e-3},
+}
+Progress = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of a fine-tuning run (SCIENCE.md's reference defaults).
+
+    lr: None picks DEFAULT_LR[optimizer][method]. warmup: linear warm-up steps.
+    val_fraction: in-domain validation share of the training images (0: keep the last epoch).
+    shots / fraction: few-shot training set (K images per class, or a share of each class).
+    select_on: "val" (in-domain validation) or "ood" (an out-of-domain validation set).
+    """
+
+    epochs: int = 10
+    lr: float | None = None
+    wd: float = 1e-4
+    optimizer: str = "sgd"
+    batch_size: int = 128
+    schedule: str = "cosine"
+    warmup: int = 0
+    val_fraction: float = 0.1
+    shots: int | None = None
+    fraction: float | None = None
+    select_on: str = "val"
+
+    def resolved(self, method: str) -> "TrainConfig":
+        """Checked, with the learning rate filled in for `method`."""
+        if self.epochs < 1:
+            raise InputError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"unknown --optimizer {self.optimizer!r}; choose {' or '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"unknown --schedule {self.schedule!r}; choose {' or '.join(SCHEDULES)}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"--lr must be a positive number, got {self.lr}")
+        if not (self.wd >= 0 and math.isfinite(self.wd)):
+            raise InputError(f"--wd must be a non-negative number, got {self.wd}")
+        if self.batch_size < 1 or self.warmup < 0:
+            raise InputError("--batch-size must be at least 1 and --warmup at least 0")
+        if not 0 <= self.val_fraction < 1:
+            raise InputError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.shots is not None and self.fraction is not None:
+            raise InputError("both --shots and --fraction given; a few-shot run takes one of them")
+        if self.select_on not in ("val", "ood"):
+            raise InputError(f"--select-on must be val or ood, got {self.select_on!r}")
+        return self if self.lr is not None else replace(self, lr=DEFAULT_LR[self.optimizer][method])
+
+
+def learning_rate(step: int, total_steps: int, base: float, schedule: str, warmup: int) -> float:
+    """The lr of optimizer step `step` (0-based): linear warm-up to `base` over `warmup` steps, then
+    constant or a cosine decay reaching 0 after `total_steps`."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if schedule == "constant":
+        return base
+    span = max(1, total_steps - warmup)
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffling and augmentation, from (run seed, epoch)."""
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
+
+
+def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if not params:
+        raise InputError("this method leaves no parameter to train on this model")
+    kind, kw = ((torch.optim.SGD, dict(momentum=SGD_MOMENTUM)) if cfg.optimizer == "sgd" else (torch.optim.AdamW, {}))
+    try:  # the fused kernels are several times faster, on CPUs too; not every device / dtype has them
+        return kind(params, lr=cfg.lr, weight_decay=cfg.wd, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return kind(params, lr=cfg.lr, weight_decay=cfg.wd, **kw)
+
+
+@dataclass
+class SeedResult:
+    """What one seed's training did. history: one dict per epoch (loss, accuracies, lr, seconds)."""
+
+    seed: int
+    best_epoch: int
+    best_val: float | None
+    history: list[dict]
+    train_images: int
+    skipped: list[str]
+    checkpoint: Path
+    resumed_epochs: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class _State:
+    epochs_done: int = 0
+    step: int = 0
+    best_epoch: int = 0
+    best_val: float | None = None
+    history: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    complete: bool = False
+    scaler: dict = field(default_factory=dict)
+
+
+def train_seed(tuned, train_ds: ImageDataset, val_ds: ImageDataset | None, tokens: torch.Tensor, num_classes: int,
+               train_transform: Callable, eval_transform: Callable, cfg: TrainConfig, *, seed: int, folder: Path,
+               checkpoint_info: dict, resume: bool = False, workers: int = 0,
+               progress: Progress | None = None) -> SeedResult:
+    """Train `tuned` on `train_ds`; keep the epoch with the best accuracy on `val_ds` (the last without it).
+
+    tokens: (C·T, L) class-major prompt tokens of the task's classes. On return, `tuned`
+    holds the parameters of the selected epoch. With resume, a finished seed is loaded
+    instead of trained and an interrupted one continues from its last finished epoch.
+    """
+    started = time.perf_counter()
+    device = tokens.device
+    params = tuned.named_trainable()
+    names = list(params)
+    optimizer = make_optimizer(cfg, list(params.values()))
+    use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    steps_per_epoch = max(1, math.ceil(len(train_ds) / cfg.batch_size))
+    total_steps = cfg.epochs * steps_per_epoch
+    state = _State()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    resume_path, best_path = folder / RESUME_FILE, folder / CHECKPOINT_FILE
+    if resume and resume_path.is_file():
+        state = _load_resume(resume_path, tuned, optimizer, names, scaler)
+        if state.complete:
+            load_trainable(tuned, load_tensors(best_path, device)[0], str(best_path))
+            return SeedResult(seed, state.best_epoch, state.best_val, state.history, len(train_ds), state.skipped,
+                              best_path, state.epochs_done, time.perf_counter() - started)
+    resumed = state.epochs_done
+    frozen_text = _frozen_text(tuned, tokens)
+    skipped = set(state.skipped)
+    stage = f"seed {seed}"
+    for epoch in range(state.epochs_done, cfg.epochs):
+        t_epoch = time.perf_counter()
+        torch.manual_seed(epoch_seed(seed, epoch))
+        generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        loader = torch.utils.data.DataLoader(
+            train_ds.torch_dataset(train_transform), batch_size=cfg.batch_size, shuffle=True, generator=generator,
+            num_workers=workers, collate_fn=collate_skipping, pin_memory=device.type == "cuda")
+        tuned.train()
+        loss_sum = hits = seen = 0.0
+        for batch, (images, labels, _, dropped) in enumerate(loader):
+            skipped.update(train_ds.items[i].path for i in dropped)
+            if images is None:
+                continue
+            lr = learning_rate(state.step, total_steps, cfg.lr, cfg.schedule, cfg.warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images, labels = images.to(device, non_blocking=True), labels.to(device)
+            with autocast(device):
+                logits = _logits(tuned, images, tokens, num_classes, frozen_text)
+                loss = F.cross_entropy(logits.float(), labels)
+            if not torch.isfinite(loss):
+                raise InputError(f"the training loss became {loss.item()} (seed {seed}, epoch {epoch + 1}, step "
+                                 f"{state.step}); lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            state.step += 1
+            loss_sum += float(loss.detach()) * len(labels)
+            hits += float((logits.argmax(dim=1) == labels).sum())
+            seen += len(labels)
+            if progress is not None:
+                progress(f"{stage} epoch {epoch + 1}/{cfg.epochs}", batch + 1, steps_per_epoch,
+                         {"loss": loss_sum / seen, "acc": hits / seen, "lr": lr})
+        if not seen:
+            raise InputError(f"no readable training image in epoch {epoch + 1}; check the training data")
+        val_acc = None
+        if val_ds is not None:
+            val_cls = class_embeddings(tuned, tokens, num_classes)
+            val_acc = accuracy(tuned, val_ds, val_cls, eval_transform, use_probe=True, batch_size=cfg.batch_size,
+                               workers=workers, progress=progress, stage=f"{stage} validating").value
+        state.history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": hits / seen,
+                              "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - t_epoch})
+        improved = val_acc is None or state.best_val is None or val_acc > state.best_val
+        if improved:
+            state.best_epoch, state.best_val = epoch + 1, val_acc
+            save_checkpoint(best_path, params, {**checkpoint_info, "epoch": epoch + 1, "val_acc": val_acc})
+        state.epochs_done, state.complete = epoch + 1, epoch + 1 == cfg.epochs
+        state.skipped, state.scaler = sorted(skipped), scaler.state_dict() if use_scaler else {}
+        _save_resume(resume_path, params, optimizer, names, state)
+        if progress is not None:
+            progress("epoch finished", epoch + 1, cfg.epochs, {**state.history[-1], "seed": seed, "best": improved})
+    if state.best_epoch != state.epochs_done:
+        load_trainable(tuned, load_tensors(best_path, device)[0], str(best_path))
+    return SeedResult(seed, state.best_epoch, state.best_val, state.history, len(train_ds), state.skipped,
+                      best_path, resumed, time.perf_counter() - started)
+
+
+def _frozen_text(tuned, tokens: torch.Tensor) -> torch.Tensor | None:
+    """Raw text-tower outputs (C·T, D) computed once when the towers are frozen (adapter, probe)."""
+    if tuned.towers_train:
+        return None
+    with torch.no_grad(), autocast(tokens.device):
+        return tuned.text_tower(tokens).float()
+
+
+def _logits(tuned, images: torch.Tensor, tokens: torch.Tensor, num_classes: int,
+            frozen_text: torch.Tensor | None) -> torch.Tensor:
+    feats = tuned.encode_image(images)
+    if tuned.probe is not None:
+        return tuned.logits(feats, None)
+    cls = tuned.class_embeddings(tokens, num_classes, raw=frozen_text)
+    return tuned.logits(feats, cls)
+
+
+def _save_resume(path: Path, params: dict, optimizer: torch.optim.Optimizer, names: list[str], state: _State) -> None:
+    tensors = {f"param/{n}": p for n, p in params.items()}
+    for name, p in zip(names, optimizer.param_groups[0]["params"]):
+        for key, value in optimizer.state.get(p, {}).items():
+            if value is not None:
+                tensors[f"optim/{name}/{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    save_tensors(path, tensors, {"format": RESUME_FORMAT, "state": json.dumps(asdict(state))})
+
+
+def _load_resume(path: Path, tuned, optimizer: torch.optim.Optimizer, names: list[str], scaler) -> _State:
+    tensors, metadata = load_tensors(path)
+    if metadata.get("format") != RESUME_FORMAT:
+        raise InputError(f"{path} is not an iimm resume state; delete it to start the run afresh")
+    state = _State(**json.loads(metadata["state"]))
+    load_trainable(tuned, {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")}, str(path))
+    for name, p in zip(names, optimizer.param_groups[0]["params"]):
+        prefix = f"optim/{name}/"
+        saved = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if saved:
+            optimizer.state[p] = {k: (v if k == "step" else v.to(p.device)) for k, v in saved.items()}
+    if state.scaler and scaler.is_enabled():
+        scaler.load_state_dict(state.scaler)
+    return state

@@ -1,0 +1,93 @@
+"""calibrate → predict → screen on three tiny digit tasks with a tiny model: the JSON, CSV and PNG files."""
+
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fixtures_finetune import one_patch_clip_config
+from fixtures_tiny import write_local_dir
+from iimm.cli.main import cli
+from iimm.engine import Calibration, load_embeddings, score
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, digits_png_dir):
+    root = tmp_path_factory.mktemp("e2e")
+    classes = sorted(p.name for p in digits_png_dir.iterdir())
+    groups = {"first": classes[:3], "middle": classes[3:7], "last": classes[7:], "probe": classes[::3]}
+    for name, members in groups.items():
+        for c in members:
+            shutil.copytree(digits_png_dir / c, root / name / c)
+    (root / "catalog.toml").write_text(
+        '[[dataset]]\nname = "first"\npath = "first"\n\n[[dataset]]\nname = "middle"\npath = "middle"\n\n'
+        '[[dataset]]\nname = "last"\npath = "last"\n\n[[dataset]]\nname = "probe"\npath = "probe"\nprobe_only = true\n')
+    model = f"local-dir:{write_local_dir(root / 'model', one_patch_clip_config())}"
+    return root, model
+
+
+def invoke(args):
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    return result
+
+
+def test_calibrate_predict_screen(setup, tmp_path):
+    root, model = setup
+    store = str(tmp_path / "store")
+    common = ["--store", store, "--workers", "0", "--no-progress"]
+    out = tmp_path / "cal" / "clip-full.json"
+    out.parent.mkdir()
+    train = ["--method", "full", "--epochs", "2", "--lr", "1e-4", "--batch-size", "16", "--optimizer", "adamw",
+             "--backend", "torch", "--permutations", "0"]
+    res = invoke(["calibrate", str(root / "catalog.toml"), "--model", model, *train, "-o", str(out), *common])
+    assert res.exit_code == 0, res.output
+    cal = Calibration.from_json(out)
+    assert cal.model == model and cal.method == "full" and sorted(cal.tasks) == ["first", "last", "middle"]
+    assert (tmp_path / "cal" / "clip-full.png").read_bytes()[:4] == b"\x89PNG"
+    tau = list(csv.DictReader((tmp_path / "cal" / "clip-full-tau.csv").open()))
+    assert {"iimm", "acs"} <= {r["score"] for r in tau}
+    for point in cal.points:  # forgetting is measured on the other three catalog tasks, the probe included
+        assert point.n_runs == 1
+
+    # a second calibration reuses every finished run from the store (no training)
+    again = invoke(["calibrate", str(root / "catalog.toml"), "--model", model, *train,
+                    "-o", str(tmp_path / "cal" / "again.json"), *common])
+    assert again.exit_code == 0
+    assert json.loads((tmp_path / "cal" / "again.json").read_text())["points"] == json.loads(out.read_text())["points"]
+
+    # predict a task from its embeddings
+    embedded = invoke(["embed", "--model", model, "--data", str(root / "middle"), "--template",
+                       "a photo of a {}.", *common])
+    folder = embedded.stdout.strip().splitlines()[-1]
+    res = invoke(["predict", "--calibration", str(out), "--embeddings", folder, "--format", "json",
+                  "--backend", "torch", "--no-progress"])
+    pred = json.loads(res.stdout)
+    iimm = score(load_embeddings(folder), ["iimm"], backend="torch").scores["iimm"]
+    assert pred["iimm"] == pytest.approx(iimm, rel=1e-9)
+    gain_fit = cal.fit("gain")
+    assert pred["predictions"]["gain"]["value"] == pytest.approx(gain_fit.intercept + gain_fit.slope * iimm)
+    low, high = pred["predictions"]["gain"]["low"], pred["predictions"]["gain"]["high"]
+    assert low < pred["predictions"]["gain"]["value"] < high
+    assert set(pred["predictions"]) == {"gain", "normalized_gain", "forgetting"}
+
+    # screen the catalog with the calibration
+    csv_path = tmp_path / "screen.csv"
+    res = invoke(["screen", str(root / "catalog.toml"), "--model", model, "--calibration", str(out), "--format",
+                  "csv", "-o", str(csv_path), "--backend", "torch", "--workers", "0", "--store", store])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(csv_path.open()))
+    assert sorted(r["dataset"] for r in rows) == ["first", "last", "middle"]
+    gains = [float(r["full.gain"]) for r in rows]
+    assert gains == sorted(gains, reverse=True)
+    assert (tmp_path / "screen.png").read_bytes()[:4] == b"\x89PNG"
