@@ -73,7 +73,6 @@ def card_rates(device, clock, size) -> dict:
     src = torch.empty(size["copy_bytes"] // 2, dtype=torch.float16, device=device).normal_()
     dst = torch.empty_like(src)
     copy_s = clock(lambda: dst.copy_(src), repeats=10, warmup=2)
-    del src, dst
     mm_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a = torch.randn(size["mm"], size["mm"], device=device).to(mm_dtype)
     b = torch.randn(size["mm"], size["mm"], device=device).to(mm_dtype)

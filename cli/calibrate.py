@@ -10,9 +10,9 @@ import click
 from ..engine.calibrate import calibrate, record_calibration
 from ..engine.catalog import load_catalog
 from ..engine.errors import InputError
+from ..engine.files import write_atomic
 from ..engine.finetune import METHODS
 from ..engine.plots import plot_calibration
-from ..engine.predict import write_text_atomic
 from .finetune import TrainingProgress
 from .render import table, to_csv
 from .training_options import TRAIN_BATCH_DEFAULT, training_options
@@ -62,8 +62,8 @@ def fit_table(calibration) -> str:
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="Calibration JSON; the PNG plot and the τ table (CSV) are written beside it.")
 @click.option("--progress/--no-progress", default=True)
-def calibrate_cmd(catalog, model, pretrained, methods, training, batch_size, test_fraction, workers, device, backend, store,
-                  permutations, output, progress):
+def calibrate_cmd(catalog, model, pretrained, methods, training, batch_size, test_fraction, workers, device, backend,
+                  store, permutations, output, progress):
     """Fine-tune MODEL on every task of CATALOG with each --method and fit IIMM → gain / forgetting.
 
     Runs already in the store are reused, so an interrupted calibration resumes where it stopped.
@@ -78,8 +78,8 @@ def calibrate_cmd(catalog, model, pretrained, methods, training, batch_size, tes
     with TrainingProgress(",".join(methods), enabled=progress) as bar:
         run = calibrate(cat, model, methods, pretrained=pretrained, config=training.config(batch_size),
                         options=training.method_options(), seeds=training.seeds, seed=training.seed,
-                        split_seed=training.split_seed, test_fraction=test_fraction, device=device, workers=workers, store=store,
-                        score_backend=backend, permutations=permutations, progress=bar, on_failure=on_failure)
+                        split_seed=training.split_seed, test_fraction=test_fraction, device=device, workers=workers,
+                        store=store,                         score_backend=backend, permutations=permutations, progress=bar, on_failure=on_failure)
     several = len(methods) > 1
     for method in methods:
         cal = run.calibrations[method]
@@ -90,7 +90,7 @@ def calibrate_cmd(catalog, model, pretrained, methods, training, batch_size, tes
         json_path, png_path, tau_path = output_paths(output, method, several)
         cal.to_json(json_path)
         plot_calibration(cal, run.records[method], png_path)
-        write_text_atomic(tau_path, to_csv(tau_rows(cal)))
+        write_atomic(tau_path, to_csv(tau_rows(cal)))
         record_calibration(store, cal, str(json_path))
         click.echo(f"{model} / {method}: {len(cal.tasks)} tasks, IIMM range "
                    f"[{cal.score_range[0]:.4f}, {cal.score_range[1]:.4f}]")

@@ -78,7 +78,8 @@ def record_table(record: dict) -> str:
             ["normalized gain", "n/a (zero-shot accuracy is 1)" if record["normalized_gain"] is None
              else f"{record['normalized_gain']:+.4f}"]]
     for name, v in record["ood"].items():
-        rows.append([f"{name} before → after", f"{v['before']:.4f} → {v['after']:.4f} ({v['after'] - v['before']:+.4f})"])
+        change = f"{v['before']:.4f} → {v['after']:.4f} ({v['after'] - v['before']:+.4f})"
+        rows.append([f"{name} before → after", change])
     if record["forgetting"] is not None:
         rows.append(["forgetting", f"{record['forgetting']:+.4f}"])
     if "iimm" in record["scores"]:

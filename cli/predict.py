@@ -110,6 +110,7 @@ def predict(extract, calibration_path, embeddings_path, level, fmt, output, plot
             click.echo(f"note: no {name.split('/', 1)[1]} prediction: {reason}", err=True)
     if plot_path:
         from ..engine.plots import plot_calibration
-        plot_calibration(calibration, None, plot_path, level, highlight=(Path(embeddings_path or extract.data).stem, value))
+        label = Path(embeddings_path or extract.data).stem
+        plot_calibration(calibration, None, plot_path, level, highlight=(label, value))
         click.echo(f"wrote {plot_path}", err=True)
     emit(to_json(report) if fmt == "json" else report_table(report, score_key), output)

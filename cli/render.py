@@ -6,13 +6,10 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
-from pathlib import Path
 
 import click
 
-from ..engine.errors import InputError
+from ..engine.files import write_atomic
 
 FORMATS = ("table", "json", "csv")
 
@@ -58,24 +55,6 @@ def to_csv(rows: list[dict]) -> str:
     for r in rows:
         writer.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
     return buf.getvalue()
-
-
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see a half-written file."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise InputError(f"cannot write {path}: folder {path.parent} does not exist; create it or choose another "
-                         f"--output")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def emit(text: str, output: str | None) -> None:

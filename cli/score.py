@@ -52,7 +52,8 @@ def load_label_embeddings(path: str):
                    "(such as `iimm embed` prints). Or encode images with --model and --data.")
 @extraction_options
 @click.option("--metrics", default="all", show_default=True,
-              help=f"Comma-separated keys or groups ({', '.join(METRIC_GROUPS)}): {', '.join([*SCORES, *TRANSFER_SCORES])}.")
+              help=f"Comma-separated keys or groups ({', '.join(METRIC_GROUPS)}): "
+                   f"{', '.join([*SCORES, *TRANSFER_SCORES])}.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the result here instead of stdout.")
 @click.option("--backend", default="auto", show_default=True, help="auto, torch, numba or triton.")

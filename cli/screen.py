@@ -41,7 +41,8 @@ def screen_table(result) -> str:
 @click.option("--pretrained", help="Weights for every --model that is a bare architecture.")
 @click.option("--calibration", "calibrations", multiple=True, type=click.Path(dir_okay=False),
               help="Calibration JSON from `iimm calibrate` (repeatable; matched to models by name).")
-@click.option("--metrics", default="iimm", show_default=True, help="Scores to compute besides iimm ('all' for every one).")
+@click.option("--metrics", default="iimm", show_default=True,
+              help="Scores to compute besides iimm ('all' for every one).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the table/CSV/JSON here.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="PNG chart (default: beside --output, same stem).")
@@ -49,7 +50,8 @@ def screen_table(result) -> str:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader workers (default: cores − 1).")
-@click.option("--store", type=click.Path(file_okay=False), help="Embedding store (default $IIMM_HOME or ~/.cache/iimm).")
+@click.option("--store", type=click.Path(file_okay=False), envvar="IIMM_HOME",
+              help="Embedding store [default: $IIMM_HOME, else ~/.cache/iimm].")
 @click.option("--include-probes", is_flag=True, help="Also screen the catalog's probe-only datasets.")
 def screen_cmd(catalog, models, pretrained, calibrations, metrics, fmt, output, plot, backend, device, batch_size,
                workers, store, include_probes):

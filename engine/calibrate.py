@@ -49,7 +49,8 @@ def task_data(ds: Dataset) -> tuple[str | ImageDataset, str | ImageDataset | Non
 
 def calibrate(catalog: Catalog, model: str, methods: Sequence[str], *, pretrained: str | None = None,
               config: TrainConfig | None = None, options: MethodOptions | None = None, seeds: int = 1,
-              seed: int = 0, split_seed: int = 0, test_fraction: float = 0.2, device: str = "auto", workers: int | None = None, store=None, score_backend: str = "auto",
+              seed: int = 0, split_seed: int = 0, test_fraction: float = 0.2, device: str = "auto",
+              workers: int | None = None, store=None, score_backend: str = "auto",
               permutations: int = 999, progress: Callable | None = None,
               on_failure: Callable[[str, str, str], None] | None = None) -> CalibrationRun:
     """Fine-tune `model` with each method on every target task of `catalog` and fit the calibrations.
@@ -71,7 +72,8 @@ def calibrate(catalog: Catalog, model: str, methods: Sequence[str], *, pretraine
             evals = [str(o.images) for o in catalog.datasets if o.name != ds.name]
             try:
                 result = finetune(model, train, method, pretrained=pretrained, config=config, options=options,
-                                  test=test, test_fraction=held_out, evals=evals, templates=list(ds.templates) if ds.templates else None,
+                                  test=test, test_fraction=held_out, evals=evals,
+                                  templates=list(ds.templates) if ds.templates else None,
                                   template_file=ds.template_file, template_set=ds.template_set,
                                   classnames=ds.classnames, task=ds.name, seeds=seeds, seed=seed,
                                   split_seed=split_seed, device=device,

@@ -21,7 +21,8 @@ from .data import ImageDataset, collate_skipping, load_image_dataset, resolve_te
 from .embeddings import EmbeddingSet, load_embeddings
 from .errors import InputError
 from .models import LoadedModel, ModelSpec, class_text_embeddings, encode_images, load_model, resolve_model
-from .store import Store, hash_json, open_store, shard_name, write_json_atomic, write_npy_atomic
+from .files import write_json_atomic, write_npy_atomic
+from .store import Store, hash_json, open_store, shard_name
 
 DEFAULT_SHARD_ROWS = 8192
 STORE_DTYPES = {"fp16": np.float16, "fp32": np.float32}

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from .errors import InputError
+from .files import write_atomic
 from .predict import Calibration, task_points
 
 OUTCOME_LABELS = {"gain": "in-domain gain", "normalized_gain": "normalised gain",
@@ -68,20 +68,8 @@ def plot_calibration(calibration: Calibration, records: Sequence[dict] | None, p
 
 
 def save_figure_atomic(fig, path_png: str | os.PathLike) -> Path:
-    """Save a matplotlib figure as PNG to a temporary file beside `path_png`, then rename it."""
-    path = Path(path_png)
-    if not path.parent.is_dir():
-        raise InputError(f"cannot write plot {path}: folder {path.parent} does not exist; create it or pick "
-                         f"another path")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Save a matplotlib figure as PNG atomically (see `files.write_atomic`)."""
+    return write_atomic(path_png, writer=lambda f: fig.savefig(f, format="png", dpi=120))
 
 
 def plot_screen(rows: Sequence, path_png: str | os.PathLike) -> Path:
@@ -111,6 +99,7 @@ def plot_screen(rows: Sequence, path_png: str | os.PathLike) -> Path:
     xerr = np.array(errors).T if calibrated else None
     ax.barh(ys, values, xerr=xerr, color="tab:blue" if calibrated else "tab:gray", capsize=3)
     ax.set_yticks(ys, labels, fontsize=8)
-    ax.set_xlabel("predicted in-domain gain (90% interval)" if calibrated else "IIMM (higher: more to gain and to forget)")
+    ax.set_xlabel("predicted in-domain gain (90% interval)" if calibrated
+                  else "IIMM (higher: more to gain and to forget)")
     ax.set_title("iimm screen")
     return save_figure_atomic(fig, path_png)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -21,6 +20,7 @@ import numpy as np
 from scipy import stats
 
 from .errors import InputError
+from .files import write_atomic
 
 CALIBRATION_FORMAT = "iimm-calibration"
 CALIBRATION_VERSION = 1
@@ -159,7 +159,7 @@ class Calibration:
         """The calibration as JSON text; written atomically to `path` when given."""
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
         if path is not None:
-            write_text_atomic(path, text)
+            write_atomic(path, text)
         return text
 
     @classmethod
@@ -344,21 +344,6 @@ def rank_among(value: float, known_values: Iterable[float]) -> tuple[int, int]:
     if not math.isfinite(value) or not np.all(np.isfinite(known)):
         raise InputError("cannot rank a NaN or infinite score; recompute the scores of the affected tasks")
     return int(np.sum(known > value)) + 1, len(known) + 1
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"cannot write {path}: folder {path.parent} does not exist; create it or pick another path")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fit_points(points: list[TaskPoint], key: str, outcome: str) -> LinearFit:

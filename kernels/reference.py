@@ -116,7 +116,8 @@ def cross_reduce(rows: torch.Tensor, labels: torch.Tensor, matrix: torch.Tensor,
     masked.scatter_(1, labels.unsqueeze(1), False)
     if col_valid is not None:
         masked &= col_valid.to(sims.device).unsqueeze(0)
-    best_other = scaled.masked_fill(~masked, -math.inf).amax(1) if sims.shape[1] else correct.new_full(correct.shape, -math.inf)
+    best_other = (scaled.masked_fill(~masked, -math.inf).amax(1) if sims.shape[1]
+                  else correct.new_full(correct.shape, -math.inf))
     return CrossReduce(correct, other_sum, rank, best_other, sq_norm, first_bad)
 
 

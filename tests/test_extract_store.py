@@ -24,7 +24,8 @@ from iimm.engine import EmbeddingSet, load_embeddings, score
 from iimm.engine import extract as extract_mod
 from iimm.engine.errors import InputError
 from iimm.engine.extract import embed_dataset
-from iimm.engine.store import Store, write_npy_atomic
+from iimm.engine.files import write_npy_atomic
+from iimm.engine.store import Store
 
 TEMPLATES = ["a photo of a {}.", "a drawing of the number {}."]
 # Children fork from a clean server process that imported torch once (plain fork from the threaded

@@ -19,7 +19,7 @@ from PIL import Image
 from fixtures_tiny import build_model, tiny_model_config, write_local_dir
 from iimm.engine.errors import InputError
 from iimm.engine.models import (
-    MODEL_ALIASES, ModelUnavailable, class_text_embeddings, encode_images, encode_texts, file_fingerprint,
+    MODEL_ALIASES, class_text_embeddings, encode_images, encode_texts, file_fingerprint,
     load_model, resolve_model,
 )
 from iimm.engine.model_catalog import list_model_entries

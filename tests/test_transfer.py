@@ -104,7 +104,6 @@ def leep_dense(x, y, t, scale):
 
 def nce_dense(x, y, t, scale):
     z = np.argmax(unit(x) @ unit(t).T * scale, axis=1)
-    n = len(y)
     total = 0.0
     for zz in np.unique(z):
         pz = np.mean(z == zz)

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ..store import hash_json, open_store, write_bytes_atomic, write_json_atomic
+from ..files import write_atomic, write_json_atomic
+from ..store import hash_json, open_store
 
 FINETUNE_DIR = "finetune"
 RECORD_FILE = "record.json"
@@ -96,7 +97,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     from safetensors.torch import save
 
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    write_bytes_atomic(Path(path), save(flat, metadata={k: str(v) for k, v in metadata.items()}))
+    write_atomic(Path(path), save(flat, metadata={k: str(v) for k, v in metadata.items()}))
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -18,7 +18,8 @@ import torch
 
 from ..data import ImageDataset, load_image_dataset, resolve_templates
 from ..errors import InputError
-from ..store import open_store, write_json_atomic
+from ..files import write_json_atomic
+from ..store import open_store
 from .evaluate import accuracy, class_embeddings, prompt_tokens, summarize_seeds
 from .methods import MethodOptions, TunedModel, check_method, tune_model
 from .records import finetune_root, read_record, run_id_of, seed_dir, write_record
