@@ -79,7 +79,8 @@ def calibrate_cmd(catalog, model, pretrained, methods, training, batch_size, tes
         run = calibrate(cat, model, methods, pretrained=pretrained, config=training.config(batch_size),
                         options=training.method_options(), seeds=training.seeds, seed=training.seed,
                         split_seed=training.split_seed, test_fraction=test_fraction, device=device, workers=workers,
-                        store=store,                         score_backend=backend, permutations=permutations, progress=bar, on_failure=on_failure)
+                        store=store, score_backend=backend, permutations=permutations, progress=bar,
+                        on_failure=on_failure)
     several = len(methods) > 1
     for method in methods:
         cal = run.calibrations[method]
