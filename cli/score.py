@@ -58,7 +58,7 @@ def load_label_embeddings(path: str):
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the result here instead of stdout.")
 @click.option("--backend", default="auto", show_default=True, help="auto, torch, numba or triton.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per chunk (default: about 64 MiB).")
+@click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per chunk (default: about 128 MiB).")
 @click.option("--gensil-p", type=float, default=1.0, show_default=True, help="Power-mean exponent of gensil.")
 @click.option("--sample", type=click.IntRange(min=2), help="Rows for the all-pairs scores (seeded sample).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every row sample.")

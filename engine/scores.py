@@ -24,7 +24,7 @@ from .stats import (ClassStats, PairwiseSilhouetteStats, SilhouetteClassStats, S
 
 GENSIL_ZERO_EPS = 1e-6
 DEFAULT_QUADRATIC_LIMIT = 50_000
-TARGET_CHUNK_BYTES = 64 << 20
+TARGET_CHUNK_BYTES = 128 << 20
 
 # pass names: "class" (pass 1), "zeroshot", "silhouette_class", "modality" (pass 2), "euclidean", "gensil" (tiles)
 CLUSTERING_PASSES = ("silhouette_class", "euclidean", "gensil")
