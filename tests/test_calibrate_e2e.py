@@ -57,8 +57,15 @@ def test_calibrate_predict_screen(setup, tmp_path):
     assert (tmp_path / "cal" / "clip-full.png").read_bytes()[:4] == b"\x89PNG"
     tau = list(csv.DictReader((tmp_path / "cal" / "clip-full-tau.csv").open()))
     assert {"iimm", "acs"} <= {r["score"] for r in tau}
-    for point in cal.points:  # forgetting is measured on the other three catalog tasks, the probe included
+    for point in cal.points:
         assert point.n_runs == 1
+    from iimm.engine.store import Store
+    with Store(store).connect() as con:
+        rows = con.execute("SELECT model, method, path FROM calibrations").fetchall()
+    assert [tuple(r) for r in rows] == [(model, "full", str(out))]
+    from iimm.engine.finetune import list_finetune_records
+    for record in list_finetune_records(store):  # forgetting: the other catalog tasks, the probe included
+        assert sorted(record["ood"]) == sorted({"first", "middle", "last", "probe"} - {record["task"]})
 
     # a second calibration reuses every finished run from the store (no training)
     again = invoke(["calibrate", str(root / "catalog.toml"), "--model", model, *train,
