@@ -21,6 +21,15 @@ def isolated_store(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("IIMM_HOME", str(tmp_path_factory.mktemp("iimm-home")))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one intra-op thread is fastest, and far faster on a busy machine (no spinning workers)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """Path of a tiny CLIP ViT saved as an open_clip folder; use it as f"local-dir:{tiny_model_dir}"."""

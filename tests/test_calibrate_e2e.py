@@ -5,7 +5,6 @@ import json
 import shutil
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from fixtures_finetune import one_patch_clip_config
@@ -14,12 +13,7 @@ from iimm.cli.main import cli
 from iimm.engine import Calibration, load_embeddings, score
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

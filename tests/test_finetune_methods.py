@@ -34,13 +34,7 @@ QV_WEIGHT = r"attn\.(in_proj_weight|qkv\.weight|[qv]_proj\.weight)$"
 _BASE: dict[str, torch.nn.Module] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is fastest, and far faster on a busy machine (no spinning workers)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fresh(family: str) -> torch.nn.Module:

@@ -32,13 +32,7 @@ TEMPLATE = "a photo of the number: {}."
 FAST = dict(workers=0, score_backend="torch", templates=[TEMPLATE])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is fastest, and far faster on a busy machine (no spinning workers)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
