@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import pickle
+import socket
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, MutableMapping
@@ -279,8 +281,13 @@ def _resolve_local_dir(name: str, folder: Path) -> tuple[dict, dict, str | None]
 
 
 def _resolve_hf_hub(name: str, repo: str) -> tuple[dict, dict, str]:
+    from huggingface_hub import hf_hub_download
     from open_clip.pretrained import download_pretrained_from_hf
 
+    try:
+        hf_hub_download(repo, "open_clip_config.json", local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached: it must come from the network
+        _check_network(name, f"hf-hub:{repo}")
     try:
         config_path = download_pretrained_from_hf(repo, filename="open_clip_config.json")
         config = json.loads(Path(config_path).read_text(encoding="utf-8"))
@@ -298,13 +305,19 @@ def _resolve_builtin_weights(name: str, architecture: str, pretrained: str | Non
 
     if pretrained is None:
         return {}, None
+    from .model_catalog import is_cached
+
     tag_cfg = open_clip.get_pretrained_cfg(architecture, pretrained)
     if tag_cfg:
+        source = tag_cfg.get("hf_hub") or tag_cfg.get("url") or ""
+        what = f"{architecture} pretrained '{pretrained}' ({source.rstrip('/')})"
+        if not is_cached(architecture, pretrained):
+            _check_network(name, what)
         try:
-            checkpoint = open_clip.download_pretrained(tag_cfg)
+            with _quiet_open_clip():  # huggingface_hub logs every retry as a warning
+                checkpoint = open_clip.download_pretrained(tag_cfg)
         except Exception as exc:  # network / offline / missing-file errors of urllib and huggingface_hub
-            source = tag_cfg.get("hf_hub") or tag_cfg.get("url") or ""
-            raise _unavailable(name, f"{architecture} pretrained '{pretrained}' ({source.rstrip('/')})", exc) from exc
+            raise _unavailable(name, what, exc) from exc
         return tag_cfg, checkpoint
     if os.path.isfile(pretrained):
         return {}, pretrained
@@ -411,6 +424,15 @@ def _autocast(lm: LoadedModel):
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
     return torch.autocast("cpu", enabled=False)
+
+
+def _check_network(name: str, what: str) -> None:
+    """Fail at once, instead of after minutes of retries, when the Hub's host does not even resolve."""
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        raise _unavailable(name, what, OSError(f"no network: {host} cannot be resolved")) from exc
 
 
 def _unavailable(name: str, what: str, exc: BaseException) -> ModelUnavailable:

@@ -241,3 +241,23 @@ def test_precision_and_device_validation(tiny_model_dir):
     with pytest.raises(InputError, match="device"):
         load_model(f"local-dir:{tiny_model_dir}", device="warp-drive")
     assert F.normalize(out, dim=-1).isfinite().all()
+
+
+def test_unresolvable_hub_fails_at_once_in_one_line(tmp_path, digits_png_dir, monkeypatch, capsys):
+    """Without HF_HUB_OFFLINE, a machine whose DNS cannot resolve the Hub fails before any retry loop."""
+    import socket
+
+    from iimm.cli.main import main
+
+    def no_dns(host, *args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for model in ("eva02", "hf-hub:someone/some-model"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["score", "--model", model, "--data", str(digits_png_dir), "--no-progress"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1, err
+        assert "could not be downloaded (no network: huggingface.co cannot be resolved)" in err
+        assert "--pretrained FILE" in err and "local-dir:" in err
