@@ -3,62 +3,42 @@
 from __future__ import annotations
 
 import click
-from tqdm.auto import tqdm
 
 from ..engine.errors import InputError
 from ..engine.finetune import METHODS
 from ..engine.finetune import finetune as run_finetune
 from .extract_options import extraction_options
+from .progress import ProgressBar
 from .training_options import TRAIN_BATCH_DEFAULT, training_options
 from .render import emit, to_json
 
 
-class TrainingProgress:
-    """Renders the engine's progress on stderr: a tqdm bar per stage (loss and accuracy as postfix),
-    one line per finished epoch, and the trainable-parameter count (always)."""
+class TrainingProgress(ProgressBar):
+    """`ProgressBar` plus the training lines: the trainable-parameter count (always), one line per
+    finished epoch, and loss and accuracy as the bar's postfix."""
 
     def __init__(self, method: str, enabled: bool = True):
-        self.method, self.enabled = method, enabled
-        self._bar = None
-        self._stage = None
+        super().__init__(unit="it", enabled=enabled)
+        self.method = method
 
     def __call__(self, stage: str, done: int, total: int, metrics: dict | None = None) -> None:
+        m = metrics or {}
         if stage == "setup":
             self.close()
-            m = metrics or {}
             share = 100.0 * done / total if total else 0.0
             click.echo(f"iimm: {self.method}: {done:,} trainable parameters of {total:,} ({share:.3g}%); seed "
                        f"{m.get('seed')}, {m.get('train_images')} training images", err=True)
-            return
-        if not self.enabled:
-            return
-        if stage == "epoch finished":
-            self.close()
-            m = metrics or {}
-            val = f", val acc {m['val_acc']:.4f}" if m.get("val_acc") is not None else ""
-            mark = " *" if m.get("best") else ""
-            click.echo(f"seed {m.get('seed')} epoch {done}/{total}: loss {m['train_loss']:.4f}, train acc "
-                       f"{m['train_acc']:.4f}{val}{mark}", err=True)
-            return
-        if stage != self._stage:
-            self.close()
-            self._stage = stage
-            self._bar = tqdm(total=total, desc=stage, leave=False, disable=None)
-        self._bar.update(done - self._bar.n)
-        if metrics:
-            self._bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['acc']:.3f}", refresh=False)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-        self._stage = None
-
-    def __enter__(self) -> "TrainingProgress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        elif stage == "epoch finished":
+            if self.enabled:
+                self.close()
+                val = f", val acc {m['val_acc']:.4f}" if m.get("val_acc") is not None else ""
+                mark = " *" if m.get("best") else ""
+                click.echo(f"seed {m.get('seed')} epoch {done}/{total}: loss {m['train_loss']:.4f}, train acc "
+                           f"{m['train_acc']:.4f}{val}{mark}", err=True)
+        else:
+            super().__call__(stage, done, total)
+            if self.enabled and "loss" in m:
+                self._bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['acc']:.3f}", refresh=False)
 
 
 def record_table(record: dict) -> str:

@@ -26,6 +26,7 @@ class ProgressBar:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        self._stage = None
 
     def __enter__(self) -> "ProgressBar":
         return self

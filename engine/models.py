@@ -29,6 +29,7 @@ from typing import Any, Callable, MutableMapping
 import torch
 import torch.nn.functional as F
 
+from ..kernels import resolve_device
 from .errors import InputError, IimmError
 
 MODEL_ALIASES: dict[str, tuple[str, str]] = {
@@ -92,21 +93,6 @@ class LoadedModel:
     logit_bias: float | None
     precision: str = "fp32"
     spec: ModelSpec | None = field(default=None, repr=False)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`auto` is the first CUDA device when one is usable, else the CPU."""
-    if isinstance(device, torch.device):
-        return device
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise InputError(f"unknown device {device!r}; pass --device auto, cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available here; pass --device cpu")
-    return dev
 
 
 def resolve_model(name: str, pretrained: str | None = None, *,

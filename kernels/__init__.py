@@ -40,13 +40,17 @@ class Backend:
         return as_tensor(a, self.device)
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """`auto` (or None) is the first CUDA device when one is usable, else the CPU."""
+    if isinstance(device, torch.device):
+        dev = device
+    elif device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from exc
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError) as exc:
+            raise InputError(f"unknown device {device!r}; use --device auto, cpu, cuda or cuda:N") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BackendUnavailable(f"device {device!r} requested but no CUDA GPU is visible; use --device cpu")
     return dev
