@@ -20,7 +20,7 @@ from ..kernels import Backend, get_backend
 from .embeddings import EmbeddingSet
 from .errors import InputError
 from .stats import (ClassStats, PairwiseSilhouetteStats, SilhouetteClassStats, SilhouetteModalityStats,
-                    ZeroShotStats)
+                    ZeroShotStats, silhouette_values)
 
 GENSIL_ZERO_EPS = 1e-6
 DEFAULT_QUADRATIC_LIMIT = 50_000
@@ -201,9 +201,15 @@ def _check_classes(es: EmbeddingSet, keys: list[str]) -> None:
             what = "classes with rows" if clustering else "classes"
             raise InputError(f"{k} needs at least {SCORES[k].min_classes} {what}, the embeddings have {have}; "
                              f"add classes or leave {k} out of --metrics")
-        if clustering and nonempty >= es.n:
-            raise InputError(f"{k} needs fewer classes than rows (2 ≤ classes ≤ N − 1), got {nonempty} classes "
-                             f"over {es.n} rows; leave it out of --metrics")
+        if clustering:
+            check_clustering(k, nonempty, es.n, "leave it out of --metrics")
+
+
+def check_clustering(key: str, classes: int, rows: int, fix: str) -> None:
+    """A silhouette needs 2 ≤ classes with rows ≤ rows − 1 (scikit-learn's rule)."""
+    if not 2 <= classes <= rows - 1:
+        raise InputError(f"{key} needs 2 ≤ classes ≤ rows − 1, got {classes} classes with rows over {rows} "
+                         f"rows; {fix}")
 
 
 def run_pass1(es: EmbeddingSet, be: Backend, chunk_rows: int, progress=None) -> ClassStats:
@@ -231,13 +237,14 @@ def run_pass2(es: EmbeddingSet, be: Backend, chunk_rows: int, passes: set[str], 
     if not acc:
         return acc
     total, n_total = class_stats.sums.sum(0), class_stats.n  # of all rows, when `es` is one shard of many
+    text_sum = text.sum(0)
     for start, rows, labels in es.iter_chunks(chunk_rows):
         if "zeroshot" in acc:
             acc["zeroshot"].update(be, start, rows, labels, text)
         if "silhouette_class" in acc:
             acc["silhouette_class"].update(be, start, rows, labels, class_stats)
         if "modality" in acc:
-            acc["modality"].update(be, start, rows, labels, total, text.sum(0), n_total, es.c)
+            acc["modality"].update(be, start, rows, labels, total, text_sum, n_total, es.c)
         if progress:
             progress("pass 2", start + len(rows), es.n)
     return acc
@@ -277,8 +284,6 @@ def finalize_linear(stats: ClassStats, text: torch.Tensor, pass2: dict) -> dict[
 
 
 def _silhouette_modality(acc: SilhouetteModalityStats, t: torch.Tensor, total: torch.Tensor, n: int) -> float:
-    from .stats import silhouette_values
-
     c = t.shape[0]
     text_s = torch.zeros(c, dtype=torch.float64)
     if c > 1:
@@ -303,9 +308,7 @@ def _quadratic_score(es: EmbeddingSet, be: Backend, chunk_rows: int, which: str,
     if rows < es.n:
         report.sample_rows[key] = rows
     counts = torch.as_tensor(np.bincount(sub.label, minlength=sub.c))
-    if int(np.count_nonzero(counts)) < 2 or int(np.count_nonzero(counts)) >= sub.n:
-        raise InputError(f"{key}: the sample of {sub.n} rows has {int(np.count_nonzero(counts))} classes; the "
-                         f"silhouette needs 2 ≤ classes ≤ rows − 1: pass a larger --sample")
+    check_clustering(key, int(np.count_nonzero(counts)), sub.n, "pass a larger --sample")
     if which == "euclidean":
         acc = PairwiseSilhouetteStats("euclidean", 1.0, 0.0, be.device)
     else:

@@ -173,14 +173,13 @@ class PairwiseSilhouetteStats(_Mergeable):
                                               key_offset=key_start, zero_eps=self.zero_eps)
             sums += out.sums
             pairs += out.counts
+        own = counts[labels].double()
         if self.metric == "euclidean" and self.p == 1.0:
-            own = counts[labels].double()
             mean = sums / counts.clamp_min(1).double().unsqueeze(0)
             a = sums.gather(1, labels.unsqueeze(1)).squeeze(1) / (own - 1.0).clamp_min(1.0)
         else:
             mean = power_mean(sums, pairs, self.p)
             a = mean.gather(1, labels.unsqueeze(1)).squeeze(1)
-            own = counts[labels].double()
         other = torch.ones_like(mean, dtype=torch.bool)
         other.scatter_(1, labels.unsqueeze(1), False)
         other &= (counts > 0).unsqueeze(0)
