@@ -7,20 +7,15 @@ machines combine by addition. All sums are float64.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..kernels import Backend
-from .errors import InputError
+from ..errors import InputError, bad_row_error
 
 
 def _check_rows(first_bad: int, start: int, rows) -> None:
-    if first_bad < 0:
-        return
-    row = np.asarray(rows[first_bad], dtype=np.float64)
-    what = "has NaN or Inf values" if not np.all(np.isfinite(row)) else "is all zeros"
-    raise InputError(f"image embedding row {start + first_bad} {what}; every row must be a finite, non-zero "
-                     f"vector: drop that row or re-extract its embedding")
+    if first_bad >= 0:
+        raise bad_row_error(start + first_bad, rows[first_bad])
 
 
 class _Mergeable:

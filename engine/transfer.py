@@ -283,9 +283,7 @@ class _SfdaPasses:
 
     def update_mixed_stats(self, chunk: Chunk) -> None:
         mixed, _ = self._mixed_rows(chunk)
-        view = Chunk(mixed, chunk.labels, chunk.start)
-        view.__dict__.update({k: chunk.__dict__[k] for k in ("order", "segments") if k in chunk.__dict__})
-        self.mixed.update(view)
+        self.mixed.update(Chunk(mixed, chunk.labels, chunk.start))
 
     def update_probability(self, chunk: Chunk) -> None:
         if self.refit is None:

@@ -229,16 +229,14 @@ def sfda_classifier(stats: GramStats, present: np.ndarray, shrinkage: float | No
     The reference takes coef = M·V·Vᵀ with V all D generalised eigenvectors of (Sb, Sw_s),
     normalised so Vᵀ Sw_s V = I; that product is exactly M·Sw_s⁻¹, solved here by Cholesky.
     """
-    n, d = stats.n, stats.scatter.shape[0]
+    n = stats.n
     priors = stats.count[present] / n
     means = stats.class_means(present)
     sw = stats.within_scatter(present) / n
     _require_spread(sw, np.trace(stats.scatter) / n, "sfda")
     if shrinkage is None:
         shrinkage = max(math.exp(-5.0 * power_iteration_estimate(sw)), 1e-10)
-    shrunk = (1.0 - shrinkage) * sw
-    shrunk[np.diag_indices(d)] += shrinkage * np.trace(sw) / d
-    coef = linalg.cho_solve(linalg.cho_factor(shrunk), means.T).T
+    coef = linalg.cho_solve(linalg.cho_factor(_shrunk(sw, shrinkage)), means.T).T
     intercept = -0.5 * np.einsum("kd,kd->k", means, coef) + np.log(priors)
     return coef, intercept, shrinkage
 
@@ -301,11 +299,11 @@ def emms(stats: GramStats, present: np.ndarray, label_sets: list[np.ndarray], ma
         b = np.tensordot(t, ys, axes=1)
         return float(np.einsum("kl,k->", np.square(b), counts) - np.sum(b * (projector @ b))), b
 
+    ata_pinv = np.linalg.pinv(ata)
     for _ in range(max_iter):
-        _, b = residual(t)
-        fitted = projector @ b
+        fitted = projector @ np.tensordot(t, ys, axes=1)
         atb = np.einsum("ekl,kl->e", ys, fitted)
-        t_new = sparsemax(np.linalg.pinv(ata) @ atb)
+        t_new = sparsemax(ata_pinv @ atb)
         done = np.max(np.abs(t_new - t)) <= tol
         t = t_new
         if done:

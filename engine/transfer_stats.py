@@ -8,7 +8,7 @@ before any statistic sees them; the caller's arrays are only read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Iterable
 
@@ -16,7 +16,7 @@ import numpy as np
 from scipy import sparse
 
 from .embeddings import EmbeddingSet
-from .errors import InputError
+from ..errors import InputError, bad_row_error
 
 
 def normalise_rows(rows: np.ndarray, first_row: int = 0) -> np.ndarray:
@@ -26,9 +26,7 @@ def normalise_rows(rows: np.ndarray, first_row: int = 0) -> np.ndarray:
     bad = ~np.isfinite(norm) | (norm == 0)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        what = "has NaN or Inf values" if not np.all(np.isfinite(x[i])) else "is all zeros"
-        raise InputError(f"image embedding row {first_row + i} {what}; every row must be a finite, non-zero "
-                         f"vector: drop that row or re-extract its embedding")
+        raise bad_row_error(first_row + i, x[i])
     x /= norm[:, None]
     return x
 
@@ -43,6 +41,7 @@ class Chunk:
     x: np.ndarray
     labels: np.ndarray
     start: int
+    _onehot: dict = field(default_factory=dict, repr=False)  # (C, n) sparse one-hot by C, built once
 
     @cached_property
     def order(self) -> np.ndarray:
@@ -60,9 +59,11 @@ class Chunk:
 
     def class_sums(self, values: np.ndarray, num_classes: int) -> np.ndarray:
         """values: (n, m) -> (C, m) float64 sums of the rows of each class."""
-        n = len(self.labels)
-        onehot = sparse.csr_array((np.ones(n), (self.labels, np.arange(n))), shape=(num_classes, n))
-        return np.asarray(onehot @ np.asarray(values, dtype=np.float64))
+        if num_classes not in self._onehot:
+            n = len(self.labels)
+            self._onehot[num_classes] = sparse.csr_array((np.ones(n), (self.labels, np.arange(n))),
+                                                         shape=(num_classes, n))
+        return np.asarray(self._onehot[num_classes] @ np.asarray(values, dtype=np.float64))
 
 
 def stream_rows(es: EmbeddingSet, chunk_rows: int, consumers: Iterable[Callable[[Chunk], None]],
@@ -150,7 +151,7 @@ class GramStats(_State):
         return 0.5 * (sw + sw.T)
 
     def update(self, chunk: Chunk) -> None:
-        part = GramStats(len(self.count), self.class_sum.shape[1], self.with_scatter)
+        part = GramStats(len(self.count), self.class_sum.shape[1], with_scatter=False)  # scatter set below
         x = chunk.x
         part.count = np.bincount(chunk.labels, minlength=len(self.count)).astype(np.int64)
         part.class_sum = chunk.class_sums(x, len(self.count))

@@ -19,7 +19,7 @@ import torch
 from . import numba_rows
 from .numba_rows import (HALF_TABLE, REASSOC, compute_dtype, dot, first_bad, inverse_norm, kernel_labels,
                          kernel_rows, load_row, normalise_rows, num_blocks, readonly)
-from ..engine.errors import InputError
+from ..errors import InputError
 from .reference import CrossReduce
 
 # The fused route up to this K·D: measured against the blocked route on one core (D = 512,

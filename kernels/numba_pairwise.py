@@ -14,7 +14,7 @@ import numba
 import numpy as np
 import torch
 
-from ..engine.errors import InputError
+from ..errors import InputError
 from .numba_rows import TINY, kernel_labels, kernel_rows, normalise_rows, readonly
 from .reference import PairwiseSums
 

@@ -20,7 +20,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-from ..engine.errors import InputError
+from ..errors import InputError
 
 # Reassociation lets LLVM vectorise the reductions (Σx², dot products); no 'nnan'/'ninf',
 # so NaN and inf still propagate and bad rows are still detected.
