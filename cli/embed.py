@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 
 import click
 import numpy as np
@@ -41,7 +40,7 @@ def embed(extract, device, output, fmt, progress):
     with ProgressBar(unit="img", enabled=progress) as bar:
         es, info = extract.embed(device=device, progress=bar)
     if output:
-        write_atomic(output, _npz_bytes(es))
+        write_atomic(output, writer=lambda f: write_npz(f, es))
     if info.skipped:
         click.echo(f"iimm: {len(info.skipped)} unreadable image(s) skipped, e.g. {info.skipped[0]}", err=True)
     if fmt == "json":
@@ -50,8 +49,7 @@ def embed(extract, device, output, fmt, progress):
         click.echo(info.location or output)
 
 
-def _npz_bytes(es) -> bytes:
+def write_npz(f, es) -> None:
+    """The embedding set as one .npz (image, label, text, classnames) into the open binary file f."""
     image = np.concatenate([np.asarray(b) for b in es.image_blocks])
-    buf = io.BytesIO()
-    np.savez(buf, image=image, label=es.label, text=es.text, classnames=np.array(es.classnames or [], dtype=str))
-    return buf.getvalue()
+    np.savez(f, image=image, label=es.label, text=es.text, classnames=np.array(es.classnames or [], dtype=str))

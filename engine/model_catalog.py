@@ -50,6 +50,6 @@ def is_cached(architecture: str, tag: str) -> bool:
         for candidate in [*_get_safe_alternatives(filename), filename]:
             if isinstance(try_to_load_from_cache(repo, candidate), str):
                 return True
-    if cfg.get("url"):
+    if cfg.get("url") and not cfg.get("hf_hub"):  # open_clip downloads from the Hub whenever a tag has one
         return os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(cfg["url"])))
     return False

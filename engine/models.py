@@ -137,6 +137,10 @@ def resolve_model(name: str, pretrained: str | None = None, *,
                              f"architecture (list them with `iimm models`), hf-hub:ORG/REPO or local-dir:PATH")
         architecture = architecture.replace("/", "-")
         preprocess_overlay, checkpoint = _resolve_builtin_weights(name, architecture, pretrained)
+        trained_as = _trained_as(name, architecture, pretrained, checkpoint)
+        preprocess_overlay = preprocess_overlay or trained_as
+        if trained_as.get("quick_gelu"):  # e.g. the openai tags: open_clip's plain config says GELU
+            model_cfg = {**model_cfg, "quick_gelu": True}
     preprocess_cfg = _final_preprocess_cfg(model_cfg, preprocess_overlay)
     weights_id = (file_fingerprint(checkpoint, hash_memo) if checkpoint else
                   f"random-init:seed={RANDOM_INIT_SEED}:torch={torch.__version__}:open_clip={open_clip.__version__}")
@@ -160,7 +164,8 @@ def load_model(name: str, pretrained: str | None = None, device: str | torch.dev
         try:
             model = open_clip.create_model(spec.architecture, pretrained=None, load_weights=False,
                                            precision="fp32", device="cpu", pretrained_image=False,
-                                           pretrained_text=False, force_preprocess_cfg=spec.preprocess_cfg)
+                                           pretrained_text=False, force_preprocess_cfg=spec.preprocess_cfg,
+                                           force_quick_gelu=bool(spec.model_cfg.get("quick_gelu")))
         except (RuntimeError, OSError, ValueError, AssertionError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise InputError(f"cannot build model {spec.name!r}: {reason}; check its open_clip config "
@@ -237,8 +242,11 @@ def file_fingerprint(path: str | os.PathLike, memo: MutableMapping[str, str] | N
     key = f"{p}:{st.st_size}:{st.st_mtime_ns}"
     digest = (memo.get(key) if memo is not None else None) or _HASH_MEMO.get(key)
     if digest is None:
+        h = hashlib.sha256()
         with open(p, "rb") as f:
-            digest = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = "sha256:" + h.hexdigest()
     _HASH_MEMO[key] = digest
     if memo is not None and memo.get(key) != digest:
         memo[key] = digest
@@ -310,6 +318,16 @@ def _resolve_builtin_weights(name: str, architecture: str, pretrained: str | Non
     tags = open_clip.list_pretrained_tags_by_model(architecture)
     raise InputError(f"--pretrained {pretrained!r} is neither a weights file nor a tag of {architecture}; "
                      f"tags: {', '.join(tags) or 'none'} (or 'random' for random weights)")
+
+
+def _trained_as(name: str, architecture: str, pretrained: str | None, checkpoint: str | None) -> dict:
+    """The pretrained config the weights were trained with: the tag's, or the alias's for a weights file."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(architecture, pretrained) if pretrained else {}
+    if not cfg and checkpoint and name in MODEL_ALIASES:
+        cfg = open_clip.get_pretrained_cfg(*MODEL_ALIASES[name])
+    return cfg or {}
 
 
 def _final_preprocess_cfg(model_cfg: dict, overlay: dict) -> dict:

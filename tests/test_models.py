@@ -261,3 +261,22 @@ def test_unresolvable_hub_fails_at_once_in_one_line(tmp_path, digits_png_dir, mo
         assert exit_info.value.code == 2 and err.count("\n") == 1, err
         assert "could not be downloaded (no network: huggingface.co cannot be resolved)" in err
         assert "--pretrained FILE" in err and "local-dir:" in err
+
+
+def test_aliases_keep_how_their_weights_were_trained(tmp_path):
+    """openai weights need QuickGELU, which open_clip's plain ViT-B-32 config lacks; an alias given a weights
+    file keeps its tag's preprocessing (SigLIP: mean 0.5, squash)."""
+    import dataclasses
+
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(b"only hashed here")
+    clip = resolve_model("clip", str(weights))
+    assert clip.model_cfg.get("quick_gelu") is True
+    siglip = resolve_model("siglip", str(weights))
+    assert tuple(siglip.preprocess_cfg["mean"]) == (0.5, 0.5, 0.5)
+    assert siglip.preprocess_cfg["resize_mode"] == "squash"
+    assert not siglip.model_cfg.get("quick_gelu")
+    plain = resolve_model("ViT-B-32", str(weights))
+    assert not plain.model_cfg.get("quick_gelu")
+    lm = load_model("clip", spec=dataclasses.replace(clip, checkpoint=None))
+    assert type(lm.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
