@@ -93,14 +93,16 @@ def predict(extract, calibration_path, embeddings_path, level, fmt, output, plot
     score_key = calibration.score_key if calibration else "iimm"
     if extract.given:
         with ProgressBar(unit="img", enabled=progress) as bar:
-            es, _ = extract.embed(device=device, progress=bar)
+            es, info = extract.embed(device=device, progress=bar)
+        this_task = info.set_id
     else:
         es = load_embeddings(embeddings_path)
+        this_task = es.source
     value, meta = task_score(es, score_key, backend, device, progress), es.meta
     if calibration is not None and meta.get("model") not in (None, calibration.model):
         click.echo(f"warning: the embeddings come from model {meta['model']!r} but the calibration is for "
                    f"{calibration.model!r}", err=True)
-    known = None if calibration else known_scores(extract.store, score_key)
+    known = None if calibration else known_scores(extract.store, score_key, exclude=this_task)
     report = prediction_report(value, calibration, level, known)
     warning = out_of_range_warning(report, score_key)
     if warning:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from .catalog import Catalog, Dataset
-from .data import ImageDataset, load_image_dataset
+from .data import ImageDataset, load_image_dataset, resolve_templates
 from .errors import InputError
-from .finetune import MethodOptions, TrainConfig, finetune
+from .finetune import EvalTask, MethodOptions, TrainConfig, finetune
 from .predict import MIN_TASKS, Calibration, fit_calibration
 from .store import Store, open_store
 
@@ -47,6 +47,23 @@ def task_data(ds: Dataset) -> tuple[str | ImageDataset, str | ImageDataset | Non
     return train, full.select(split=ds.test_split)
 
 
+def eval_task(ds: Dataset) -> EvalTask:
+    """A catalog dataset as another task for forgetting: its test images (all of them without a test),
+    its own class names and prompts."""
+    _, test = task_data(ds)
+    if test is None:
+        full = load_image_dataset(ds.images, ds.classnames)
+        has_test = any(it.split == "test" for it in full.items)
+        data = full.select(split="test") if has_test else full
+    else:
+        data = test if isinstance(test, ImageDataset) else load_image_dataset(test, ds.classnames)
+    templates = None
+    if ds.templates or ds.template_file or ds.template_set:
+        templates = resolve_templates(list(ds.templates) if ds.templates else None, ds.template_file,
+                                      ds.template_set)
+    return EvalTask(ds.name, data, templates)
+
+
 def calibrate(catalog: Catalog, model: str, methods: Sequence[str], *, pretrained: str | None = None,
               config: TrainConfig | None = None, options: MethodOptions | None = None, seeds: int = 1,
               seed: int = 0, split_seed: int = 0, test_fraction: float = 0.2, device: str = "auto",
@@ -69,7 +86,7 @@ def calibrate(catalog: Catalog, model: str, methods: Sequence[str], *, pretraine
         for ds in targets:
             train, test = task_data(ds)
             held_out = None if test is not None or ds.test_split == "test" else test_fraction
-            evals = [str(o.images) for o in catalog.datasets if o.name != ds.name]
+            evals = [eval_task(o) for o in catalog.datasets if o.name != ds.name]
             try:
                 result = finetune(model, train, method, pretrained=pretrained, config=config, options=options,
                                   test=test, test_fraction=held_out, evals=evals,
@@ -108,13 +125,15 @@ def record_calibration(store: Store | str | None, calibration: Calibration, path
         return int(cur.lastrowid)
 
 
-def known_scores(store: Store | str | None, key: str = "iimm") -> list[float]:
-    """Every `key` score the store has logged (score runs and fine-tune records), for ranking a new task."""
+def known_scores(store: Store | str | None, key: str = "iimm", exclude: str | None = None) -> list[float]:
+    """The latest `key` score of every task the store has scored, one per embedding set (or input path),
+    leaving out `exclude` (the set id or input of the task being ranked)."""
     st = open_store(store)
-    values = []
+    latest: dict[str, float] = {}
     with st.connect() as con:
-        for row in con.execute("SELECT scores FROM score_runs"):
+        for row in con.execute("SELECT embedding_set_id, input, scores FROM score_runs ORDER BY id"):
             value = json.loads(row["scores"]).get(key)
             if value is not None:
-                values.append(float(value))
-    return values
+                latest[row["embedding_set_id"] or row["input"]] = float(value)
+    latest.pop(exclude, None)
+    return list(latest.values())

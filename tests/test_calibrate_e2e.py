@@ -92,3 +92,22 @@ def test_calibrate_predict_screen(setup, tmp_path):
     gains = [float(r["full.gain"]) for r in rows]
     assert gains == sorted(gains, reverse=True)
     assert (tmp_path / "screen.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_other_tasks_are_measured_with_their_own_names_prompts_and_test_images(tmp_path, digits_png_dir):
+    from iimm.engine.calibrate import eval_task
+
+    classes = sorted(p.name for p in digits_png_dir.iterdir())[:3]
+    for c in classes:
+        shutil.copytree(digits_png_dir / c, tmp_path / "task" / c)
+    shutil.copytree(tmp_path / "task", tmp_path / "task-test")
+    names = {c: f"number {i}" for i, c in enumerate(classes)}
+    (tmp_path / "names.json").write_text(json.dumps(names))
+    (tmp_path / "catalog.toml").write_text('[[dataset]]\nname = "other"\npath = "task"\ntest = "./task-test"\n'
+                                           'classnames = "names.json"\ntemplates = ["a drawing of {}."]\n')
+    from iimm.engine import load_catalog
+
+    task = eval_task(load_catalog(tmp_path / "catalog.toml").get("other"))
+    assert task.name == "other" and task.templates == ["a drawing of {}."]
+    assert task.data.classnames == ["number 0", "number 1", "number 2"]
+    assert {p.split("/")[-3] for p in task.data.paths} == {"task-test"}

@@ -90,6 +90,13 @@ def test_manifest_split_column_gives_test_and_validation(tmp_path, digits_png_di
     assert not {it.path for it in s.train.items} & {it.path for it in s.test.items}
 
 
+def test_test_fraction_images_never_validate(tmp_path, digits_png_dir):
+    manifest = write_manifest(tmp_path / "m.csv", digits_png_dir, splits={str(i): "val" for i in range(6)})
+    s = split_task(str(manifest), test_fraction=0.5)
+    test, val, train = ({it.path for it in d.items} for d in (s.test, s.val, s.train))
+    assert test and val and not test & val and not test & train and not val & train
+
+
 def test_split_errors_are_input_errors(tmp_path, digits_png_dir, other_task):
     with pytest.raises(InputError, match="no test images"):
         split_task(str(digits_png_dir))

@@ -455,11 +455,13 @@ def test_predict_command_without_calibration_reports_iimm(hand_npz, tmp_path):
     from iimm.engine.store import Store
 
     store = Store(tmp_path / "store")
-    for value in (0.1, 0.5, 0.2):  # IIMMs of tasks scored earlier
-        store.record_score_run({"iimm": value}, input="earlier")
+    for i, value in enumerate((0.1, 0.5, 0.2)):  # IIMMs of tasks scored earlier
+        store.record_score_run({"iimm": value}, input=f"earlier-{i}")
+    store.record_score_run({"iimm": 0.9}, input="earlier-1")  # task 1 rescored: only its latest value counts
+    store.record_score_run({"iimm": 0.0}, input=str(hand_npz))  # the task itself is not ranked against itself
     result = run_predict(["--embeddings", str(hand_npz), "--format", "json", "--store", str(store.root)])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"iimm": pytest.approx(HAND_IIMM, rel=1e-12), "rank": 2, "of": 4}
+    assert json.loads(result.stdout) == {"iimm": pytest.approx(HAND_IIMM, rel=1e-12), "rank": 2, "of": 4}  # 0.9, [0.354], 0.2, 0.1
     table = run_predict(["--embeddings", str(hand_npz)])
     assert table.stdout.startswith("iimm = 0.353553") and "no calibration given" in table.stdout
 

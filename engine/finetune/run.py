@@ -12,6 +12,7 @@ import gc
 import os
 import time
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import torch
@@ -105,7 +106,9 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
     zs_cls = class_embeddings(zero_shot, tokens, len(names))
     zeroshot_acc = accuracy(zero_shot, splits.test, zs_cls, lm.preprocess, use_probe=False, batch_size=eval_batch,
                             workers=workers, progress=progress, stage="zero-shot test").value
-    other_tokens = {name: prompt_tokens(lm.tokenizer, ds.classnames, prompts, dev) for name, ds in others.items()}
+    other_tokens = {name: prompt_tokens(lm.tokenizer, t.data.classnames, t.templates or prompts, dev)
+                    for name, t in others.items()}
+    others = {name: t.data for name, t in others.items()}
     ood_before = {name: accuracy(zero_shot, ds, class_embeddings(zero_shot, other_tokens[name], len(ds.classnames)),
                                  lm.preprocess, use_probe=False, batch_size=eval_batch, workers=workers,
                                  progress=progress, stage=f"zero-shot {name}").value
@@ -162,14 +165,25 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
     return FinetuneResult(record, run_dir, results)
 
 
-def _eval_sets(evals) -> dict[str, ImageDataset]:
-    out: dict[str, ImageDataset] = {}
+class EvalTask(NamedTuple):
+    """Another task measured before and after fine-tuning: its images and, when not the run's, its prompts."""
+
+    name: str
+    data: ImageDataset
+    templates: list[str] | None = None
+
+
+def _eval_sets(evals) -> dict[str, EvalTask]:
+    """evals: paths, ImageDatasets or EvalTasks -> {name: EvalTask}, names made unique."""
+    out: dict[str, EvalTask] = {}
     for item in evals or ():
-        ds = item if isinstance(item, ImageDataset) else load_image_dataset(item)
-        name, k = _name_of(item), 2
+        if not isinstance(item, EvalTask):
+            ds = item if isinstance(item, ImageDataset) else load_image_dataset(item)
+            item = EvalTask(_name_of(item), ds)
+        name, k = item.name, 2
         while name in out:
-            name, k = f"{_name_of(item)}-{k}", k + 1
-        out[name] = ds
+            name, k = f"{item.name}-{k}", k + 1
+        out[name] = item._replace(name=name)
     return out
 
 

@@ -168,7 +168,8 @@ def split_task(data, *, classnames=None, test=None, test_fraction: float | None 
         val_ds = same_classes(ood_val, ds, "--ood-val")
         return TaskSplits(pool, pool, val_ds, test_ds, test_source, val_ds.root)
     if manifest_val and train_split is None:
-        val_ds = ds.select(split=manifest_val[0])
+        # from the pool, so no image held out for the test also chooses the epoch
+        val_ds = replace(pool, items=[it for it in pool.items if it.split in VAL_SPLIT_NAMES])
         train = replace(pool, items=[it for it in pool.items if it.split not in VAL_SPLIT_NAMES])
         return TaskSplits(pool, train, val_ds, test_ds, test_source, f"{ds.root} (split {manifest_val[0]})")
     if val_fraction <= 0:

@@ -263,7 +263,10 @@ def _load_resume(path: Path, tuned, optimizer: torch.optim.Optimizer, names: lis
         prefix = f"optim/{name}/"
         saved = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         if saved:
-            optimizer.state[p] = {k: (v if k == "step" else v.to(p.device)) for k, v in saved.items()}
+            # fused optimizers keep `step` on the parameter's device as float32, others on the CPU
+            step_device = p.device if optimizer.defaults.get("fused") else torch.device("cpu")
+            optimizer.state[p] = {k: v.to(step_device, torch.float32) if k == "step" else v.to(p.device)
+                                  for k, v in saved.items()}
     if state.scaler and scaler.is_enabled():
         scaler.load_state_dict(state.scaler)
     return state
