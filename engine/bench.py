@@ -20,6 +20,8 @@ import torch
 
 from ..kernels import BACKENDS, get_backend, resolve_device, triton_interpreted
 from .errors import IimmError, InputError
+from .scores import finalize_linear
+from .stats import ClassStats, PairwiseSilhouetteStats, ZeroShotStats
 
 OPS = ("class_sums", "cross_reduce", "pairwise_euclidean")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -108,43 +110,28 @@ def _chunks(n: int, chunk_rows: int):
 
 
 def intra_from_class_sums(backend, data: BenchData, chunk_rows: int) -> float:
-    """Mean x̂_i·x̂_j over pairs i<j from one class-sums pass: (‖Σ S_c‖² − Σ‖x̂_i‖²) / (N(N−1))."""
-    c = data.text.shape[0]
-    total = torch.zeros(data.rows.shape[1], dtype=torch.float64, device=data.rows.device)
-    sq = 0.0
+    """Mean x̂_i·x̂_j over pairs i<j from one class-sums pass, exactly as `score` computes it."""
+    stats = ClassStats(data.text.shape[0], data.rows.shape[1], backend.device)
     for lo, hi in _chunks(data.rows.shape[0], chunk_rows):
-        out = backend.class_sums(data.rows[lo:hi], data.labels[lo:hi], c)
-        total += out.sums.sum(0)
-        sq += float(out.sq_norm_sum)
-    n = data.rows.shape[0]
-    return (float(total @ total) - sq) / (n * (n - 1))
+        stats.update(backend, lo, data.rows[lo:hi], data.labels[lo:hi])
+    return finalize_linear(stats, data.text, {})["iimm_intra_image"]
 
 
 def zero_shot_top1(backend, data: BenchData, chunk_rows: int) -> float:
-    """Share of rows whose own class text is the most similar (rank 0), from one cross-reduce pass."""
-    hits = 0
+    """Share of rows whose own class text is the most similar, from one cross-reduce pass."""
+    stats = ZeroShotStats(data.text.shape[0], backend.device)
     for lo, hi in _chunks(data.rows.shape[0], chunk_rows):
-        out = backend.cross_reduce(data.rows[lo:hi], data.labels[lo:hi], data.text)
-        hits += int((out.rank == 0).sum())
-    return hits / data.rows.shape[0]
+        stats.update(backend, lo, data.rows[lo:hi], data.labels[lo:hi], data.text)
+    return float(stats.top1.sum()) / data.rows.shape[0]
 
 
 def euclidean_silhouette(backend, rows: torch.Tensor, labels: torch.Tensor, c: int) -> float:
     """Exact Euclidean silhouette of `rows` by label from tiled all-pairs class sums (scikit-learn conventions)."""
-    n = rows.shape[0]
-    class_size = torch.bincount(labels, minlength=c).double()
-    s = []
-    for lo, hi in _chunks(n, PAIR_TILE):
-        out = backend.pairwise_class_sums(rows[lo:hi], rows, labels, c, metric="euclidean", p=1.0,
-                                          query_offset=lo, key_offset=0, zero_eps=0.0)
-        own = labels[lo:hi]
-        own_size = class_size[own]
-        a = out.sums.gather(1, own[:, None]).squeeze(1) / (own_size - 1).clamp_min(1)
-        mean = out.sums / class_size.clamp_min(1)[None, :]
-        absent = (class_size == 0)[None, :].expand_as(mean)
-        b = mean.masked_fill(absent, float("inf")).scatter(1, own[:, None], float("inf")).amin(1)
-        s.append(torch.where(own_size > 1, (b - a) / torch.maximum(a, b), 0.0))
-    return float(torch.cat(s).mean())
+    counts = torch.bincount(labels, minlength=c)
+    stats = PairwiseSilhouetteStats("euclidean", 1.0, 0.0, backend.device)
+    for lo, hi in _chunks(rows.shape[0], PAIR_TILE):
+        stats.update(backend, lo, rows[lo:hi], labels[lo:hi], [(0, rows, labels)], counts)
+    return float(stats.s_sum) / int(stats.n)
 
 
 def naive_intra(rows: torch.Tensor, block: int = 2048) -> float:

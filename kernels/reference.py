@@ -21,6 +21,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..errors import InputError
+
 
 class ClassSums(NamedTuple):
     """Pass-1 statistics of one chunk.
@@ -124,7 +126,7 @@ def cross_reduce(rows: torch.Tensor, labels: torch.Tensor, matrix: torch.Tensor,
 def pairwise_distances(xq: torch.Tensor, xk: torch.Tensor, metric: str) -> torch.Tensor:
     """Unit rows xq: (m, D), xk: (n, D) -> (m, n) cosine (1 - cos) or Euclidean distances."""
     if metric not in ("cosine", "euclidean"):
-        raise ValueError(f"unknown metric {metric!r}; use 'cosine' or 'euclidean'")
+        raise InputError(f"unknown metric {metric!r}; use 'cosine' or 'euclidean'")
     dist = xq @ xk.T
     if metric == "cosine":
         return dist.neg_().add_(1.0).clamp_min_(0.0)

@@ -11,7 +11,8 @@ from .run import EvalTask, FinetuneResult, finetune
 from .subsets import TaskSplits, few_shot_subset, split_task, stratified_split
 from .trainer import DEFAULT_LR, TrainConfig, learning_rate
 
-__all__ = ["finetune", "FinetuneResult", "EvalTask", "METHODS", "MethodOptions", "TrainConfig", "DEFAULT_LR", "TunedModel",
+__all__ = ["finetune", "FinetuneResult", "EvalTask", "METHODS", "MethodOptions", "TrainConfig", "DEFAULT_LR",
+           "TunedModel",
            "tune_model", "trainable_parameters", "base_state_dict", "list_finetune_records", "load_finetuned",
            "read_checkpoint", "Accuracy", "accuracy", "outcome", "summarize_seeds", "TaskSplits", "split_task",
            "few_shot_subset", "stratified_split", "learning_rate"]
