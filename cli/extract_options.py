@@ -7,7 +7,6 @@ the command one `extract: ExtractOptions` argument instead of fourteen.
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 
@@ -16,10 +15,7 @@ import click
 from ..engine.data import list_template_sets
 from ..engine.errors import InputError
 from ..engine.models import MODEL_ALIASES, RANDOM_WEIGHTS
-
-_NAMES = ("model", "data", "pretrained", "template", "templates", "classnames", "split", "domain", "batch_size",
-          "workers", "dtype", "no_cache", "max_skip_frac", "store")
-
+from .option_group import option_group
 
 @dataclass
 class ExtractOptions:
@@ -111,14 +107,5 @@ _OPTIONS = [
 ]
 
 
-def extraction_options(command):
-    """Decorator: add the extraction options and pass them to the command as `extract=ExtractOptions(...)`."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        extract = ExtractOptions(**{name: kwargs.pop(name) for name in _NAMES})
-        return command(*args, extract=extract, **kwargs)
-
-    for option in reversed(_OPTIONS):
-        wrapper = option(wrapper)
-    return wrapper
+extraction_options = option_group(ExtractOptions, _OPTIONS, "extract")
+"""Decorator: add the extraction options and pass them to the command as `extract=ExtractOptions(...)`."""

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import click
 
-from ..engine.errors import InputError
 from ..engine.finetune import MethodOptions, TrainConfig
 from ..engine.finetune.trainer import OPTIMIZERS, SCHEDULES
+from .option_group import option_group
 
 TRAIN_BATCH_DEFAULT = 128
-_NAMES = ("epochs", "lr", "wd", "optimizer", "schedule", "warmup", "val_fraction", "shots", "fraction", "seeds", "seed",
-          "split_seed", "select_on", "rank", "alpha", "lora_mlp", "reduction", "train_blocks")
 
 
 @dataclass
@@ -38,8 +35,6 @@ class TrainingOptions:
     train_blocks: int | None
 
     def config(self, batch_size: int = TRAIN_BATCH_DEFAULT) -> TrainConfig:
-        if self.shots is not None and self.fraction is not None:
-            raise InputError("both --shots and --fraction given; a few-shot run takes one of them")
         return TrainConfig(epochs=self.epochs, lr=self.lr, wd=self.wd, optimizer=self.optimizer,
                            batch_size=batch_size, schedule=self.schedule, warmup=self.warmup,
                            val_fraction=self.val_fraction, shots=self.shots, fraction=self.fraction,
@@ -82,14 +77,5 @@ _OPTIONS = [
 ]
 
 
-def training_options(command):
-    """Decorator: add the training options and pass them as `training=TrainingOptions(...)`."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        training = TrainingOptions(**{name: kwargs.pop(name) for name in _NAMES})
-        return command(*args, training=training, **kwargs)
-
-    for option in reversed(_OPTIONS):
-        wrapper = option(wrapper)
-    return wrapper
+training_options = option_group(TrainingOptions, _OPTIONS, "training")
+"""Decorator: add the training options and pass them as `training=TrainingOptions(...)`."""
