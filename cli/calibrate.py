@@ -13,6 +13,7 @@ from ..engine.errors import InputError
 from ..engine.files import write_atomic
 from ..engine.finetune import METHODS
 from ..engine.plots import plot_calibration
+from ..engine.predict import MIN_TASKS
 from .finetune import TrainingProgress
 from .render import table, to_csv
 from .training_options import TRAIN_BATCH_DEFAULT, training_options
@@ -86,11 +87,11 @@ def calibrate_cmd(catalog, model, pretrained, methods, training, batch_size, tes
         cal = run.calibrations[method]
         if cal is None:
             click.echo(f"iimm: {method}: only {len(run.records[method])} task(s) finished; a calibration needs at "
-                       f"least 3", err=True)
+                       f"least {MIN_TASKS}", err=True)
             continue
         json_path, png_path, tau_path = output_paths(output, method, several)
         cal.to_json(json_path)
-        plot_calibration(cal, run.records[method], png_path)
+        plot_calibration(cal, None, png_path)
         write_atomic(tau_path, to_csv(tau_rows(cal)))
         record_calibration(store, cal, str(json_path))
         click.echo(f"{model} / {method}: {len(cal.tasks)} tasks, IIMM range "

@@ -11,6 +11,7 @@ from ..engine.catalog import load_catalog
 from ..engine.plots import plot_screen
 from ..engine.predict import Calibration
 from ..engine.screen import screen
+from .progress import ProgressBar
 from .render import FORMATS, emit, table, to_csv, to_json
 
 
@@ -64,8 +65,10 @@ def screen_cmd(catalog, models, pretrained, calibrations, metrics, fmt, output, 
     def on_failure(dataset, model, message):
         click.echo(f"iimm: {dataset} × {model} failed: {message}", err=True)
 
-    result = screen(cat, models, calibrations=cals, pretrained=pretrained, keys=keys, backend=backend, device=device,
-                    embed_options=embed_options, include_probes=include_probes, on_failure=on_failure)
+    with ProgressBar(unit="img") as bar:
+        result = screen(cat, models, calibrations=cals, pretrained=pretrained, keys=keys, backend=backend,
+                        device=device, embed_options=embed_options, include_probes=include_probes, progress=bar,
+                        on_failure=on_failure)
     ranked = result.ranked
     if fmt == "json":
         text = to_json({"catalog": catalog, "rows": [r.to_dict() for r in ranked],

@@ -24,13 +24,14 @@ import socket
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, MutableMapping
+from typing import Callable, MutableMapping
 
 import torch
 import torch.nn.functional as F
 
 from ..kernels import resolve_device
 from .errors import InputError, IimmError
+from .store import hash_json
 
 MODEL_ALIASES: dict[str, tuple[str, str]] = {
     "clip": ("ViT-B-32", "openai"),
@@ -144,7 +145,7 @@ def resolve_model(name: str, pretrained: str | None = None, *,
     preprocess_cfg = _final_preprocess_cfg(model_cfg, preprocess_overlay)
     weights_id = (file_fingerprint(checkpoint, hash_memo) if checkpoint else
                   f"random-init:seed={RANDOM_INIT_SEED}:torch={torch.__version__}:open_clip={open_clip.__version__}")
-    fingerprint = _sha256_json({"model_cfg": model_cfg, "weights": weights_id})
+    fingerprint = "sha256:" + hash_json({"model_cfg": model_cfg, "weights": weights_id})
     return ModelSpec(name, architecture, pretrained, checkpoint, model_cfg, preprocess_cfg, fingerprint)
 
 
@@ -449,7 +450,3 @@ def _unavailable(name: str, what: str, exc: BaseException) -> ModelUnavailable:
         f"model {name!r}: {what} could not be downloaded ({reason}); supply it offline with --pretrained FILE "
         f"(a .safetensors file), --model local-dir:PATH (open_clip_config.json + weights), or by placing it in "
         f"the Hugging Face cache (HF_HOME) from a machine with network access")
-
-
-def _sha256_json(obj: Any) -> str:
-    return "sha256:" + hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

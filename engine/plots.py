@@ -82,12 +82,12 @@ def plot_screen(rows: Sequence, path_png: str | os.PathLike) -> Path:
 
     if not rows:
         raise InputError("no screened dataset to plot; check the catalog and the failures listed above")
-    calibrated = all(any("gain" in o for o in r.predictions.values()) for r in rows)
+    calibrated = all(r.primary_gain() is not None for r in rows)
     values, errors, labels = [], [], []
     for r in rows:
         labels.append(f"{r.dataset} · {r.model}")
         if calibrated:
-            gain = next(o["gain"] for o in r.predictions.values() if "gain" in o)
+            gain = r.primary_gain()
             values.append(gain["value"])
             errors.append((gain["value"] - gain["low"], gain["high"] - gain["value"]))
         else:

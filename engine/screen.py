@@ -33,12 +33,14 @@ class ScreenRow:
     def iimm(self) -> float:
         return self.scores["iimm"]
 
+    def primary_gain(self) -> dict | None:
+        """{value, low, high} of the first calibrated method's predicted gain, None when uncalibrated."""
+        return next((o["gain"] for o in self.predictions.values() if "gain" in o), None)
+
     def sort_key(self) -> float:
         """Predicted gain of the first calibrated method, else the IIMM (higher first)."""
-        for outcomes in self.predictions.values():
-            if "gain" in outcomes:
-                return outcomes["gain"]["value"]
-        return self.iimm
+        gain = self.primary_gain()
+        return self.iimm if gain is None else gain["value"]
 
     def flat(self) -> dict:
         """One flat row for CSV: dataset, model, iimm, the scores, `<method>.<outcome>[_low|_high]`."""
