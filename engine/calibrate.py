@@ -130,7 +130,7 @@ def known_scores(store: Store | str | None, key: str = "iimm", exclude: str | No
     leaving out `exclude` (the set id or input of the task being ranked)."""
     st = open_store(store)
     latest: dict[str, float] = {}
-    with st.connect() as con:
+    with st.connect(write=False) as con:
         for row in con.execute("SELECT embedding_set_id, input, scores FROM score_runs ORDER BY id"):
             value = json.loads(row["scores"]).get(key)
             if value is not None:

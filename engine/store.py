@@ -111,8 +111,11 @@ class Store:
         return f"Store({str(self.root)!r})"
 
     @contextlib.contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection committing on success and rolling back on error (rows as sqlite3.Row)."""
+    def connect(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """A transaction committing on success and rolling back on error (rows as sqlite3.Row).
+
+        write=False opens a read transaction, which WAL lets run beside a writer; only writes take the lock.
+        """
         try:
             con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         except sqlite3.Error as exc:
@@ -122,7 +125,7 @@ class Store:
         con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         con.execute("PRAGMA foreign_keys=ON")
         try:
-            con.execute("BEGIN IMMEDIATE")
+            con.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             yield con
             con.execute("COMMIT")
         except BaseException:
@@ -153,13 +156,13 @@ class Store:
                         (fingerprint, source, n_items, json.dumps(class_keys), time.time()))
 
     def get_set(self, set_id: str) -> dict | None:
-        with self.connect() as con:
+        with self.connect(write=False) as con:
             row = con.execute("SELECT * FROM embedding_sets WHERE id=?", (set_id,)).fetchone()
         return dict(row) if row else None
 
     def complete_set_with_images(self, image_key: str) -> dict | None:
         """A finished set whose image rows match `image_key` (whatever its class names or templates)."""
-        with self.connect() as con:
+        with self.connect(write=False) as con:
             row = con.execute("SELECT * FROM embedding_sets WHERE image_key=? AND status='complete' "
                               "ORDER BY updated DESC LIMIT 1", (image_key,)).fetchone()
         return dict(row) if row else None
@@ -179,7 +182,7 @@ class Store:
     def finished_shards(self, set_id: str) -> dict[int, tuple[int, list[str]]]:
         """idx -> (rows, skipped paths) for every shard recorded finished whose files are present."""
         folder = self.set_dir(set_id)
-        with self.connect() as con:
+        with self.connect(write=False) as con:
             rows = con.execute("SELECT idx, rows, skipped FROM shards WHERE set_id=?", (set_id,)).fetchall()
         out = {}
         for r in rows:
@@ -201,10 +204,6 @@ class Store:
         with self.connect() as con:
             con.execute("DELETE FROM shards WHERE set_id=?", (set_id,))
             con.execute("UPDATE embedding_sets SET status='partial', updated=? WHERE id=?", (time.time(), set_id))
-
-    def list_sets(self) -> list[dict]:
-        with self.connect() as con:
-            return [dict(r) for r in con.execute("SELECT * FROM embedding_sets ORDER BY updated DESC")]
 
     def record_score_run(self, scores: dict, *, input: str, embedding_set_id: str | None = None,
                          backend: str | None = None, device: str | None = None, version: str | None = None,
@@ -246,7 +245,7 @@ class FileHashMemo(MutableMapping):
         self.store = store
 
     def __getitem__(self, key: str) -> str:
-        with self.store.connect() as con:
+        with self.store.connect(write=False) as con:
             row = con.execute("SELECT digest FROM file_hashes WHERE key=?", (key,)).fetchone()
         if row is None:
             raise KeyError(key)
@@ -261,12 +260,12 @@ class FileHashMemo(MutableMapping):
             con.execute("DELETE FROM file_hashes WHERE key=?", (key,))
 
     def __iter__(self):
-        with self.store.connect() as con:
+        with self.store.connect(write=False) as con:
             keys = [r["key"] for r in con.execute("SELECT key FROM file_hashes")]
         return iter(keys)
 
     def __len__(self) -> int:
-        with self.store.connect() as con:
+        with self.store.connect(write=False) as con:
             return int(con.execute("SELECT COUNT(*) FROM file_hashes").fetchone()[0])
 
 
