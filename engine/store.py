@@ -83,6 +83,26 @@ def hash_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _enable_wal(con: sqlite3.Connection) -> None:
+    """Switch the registry to WAL once (the mode is persistent), retrying while another opener holds the lock.
+
+    Changing the journal mode needs an exclusive lock, and SQLite may answer SQLITE_BUSY at once rather than
+    call the busy handler when two processes open a fresh registry together; so retry until BUSY_TIMEOUT_MS.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.01
+    while True:
+        try:
+            if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                con.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
 class Store:
     """A store root: the SQLite registry and the embedding folders."""
 
@@ -97,7 +117,7 @@ class Store:
         con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         try:
             con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            con.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(con)
         except sqlite3.Error as exc:
             raise InputError(f"cannot open the store registry {self.db_path}: {exc}; check the folder is "
                              f"writable or pass another --store") from exc

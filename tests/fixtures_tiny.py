@@ -134,3 +134,15 @@ def embed_in_child(model: str, data: str, store: str, barrier, results) -> None:
     barrier.wait(120)
     es, info = embed_dataset(model, data, store=store, workers=0, shard_rows=8)
     results.put({"encoded": info.encoded, "location": info.location, "n": es.n})
+
+
+def open_store_in_child(root: str, barrier, results) -> None:
+    """Child-process target: wait for the siblings at `barrier`, open a Store at `root`, put "ok" or the error."""
+    from iimm.engine.store import Store
+
+    barrier.wait(60)
+    try:
+        Store(root)
+        results.put("ok")
+    except Exception as exc:  # reported to the parent, which asserts on it
+        results.put(repr(exc))

@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from fixtures_tiny import embed_in_child, embed_killed_midway, write_digits_png
+from fixtures_tiny import embed_in_child, embed_killed_midway, open_store_in_child, write_digits_png
 from iimm.cli.embed import embed
 from iimm.cli.models_cmd import models
 from iimm.engine import EmbeddingSet, load_embeddings, score
@@ -200,6 +200,22 @@ def test_two_runs_at_once_share_one_store(tmp_path, tiny_model_dir, small_digits
         assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert con.execute("SELECT COUNT(*), MIN(status) FROM embedding_sets").fetchone() == (1, "complete")
+
+
+def test_many_processes_open_a_fresh_store_together(tmp_path):
+    """Switching a new registry to WAL needs an exclusive lock that SQLite may refuse without waiting;
+    eight openers racing on 40 fresh stores must all succeed (each try failed about 1 in 70 before the retry)."""
+    errors = []
+    for trial in range(40):
+        barrier, results = FORK.Barrier(8), FORK.Queue()
+        children = [FORK.Process(target=open_store_in_child, args=(str(tmp_path / f"s{trial}"), barrier, results))
+                    for _ in range(8)]
+        for c in children:
+            c.start()
+        errors += [r for r in (results.get(timeout=120) for _ in children) if r != "ok"]
+        for c in children:
+            c.join(60)
+    assert errors == []
 
 
 def test_store_registry_helpers(tmp_path, tiny_model_dir):
