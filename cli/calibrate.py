@@ -13,7 +13,6 @@ from ..engine.errors import InputError
 from ..engine.files import write_atomic
 from ..engine.finetune import METHODS
 from ..engine.plots import plot_calibration
-from ..engine.predict import MIN_TASKS
 from .finetune import TrainingProgress
 from .render import table, to_csv
 from .training_options import TRAIN_BATCH_DEFAULT, training_options
@@ -86,8 +85,7 @@ def calibrate_cmd(catalog, model, pretrained, methods, training, batch_size, tes
     for method in methods:
         cal = run.calibrations[method]
         if cal is None:
-            click.echo(f"iimm: {method}: only {len(run.records[method])} task(s) finished; a calibration needs at "
-                       f"least {MIN_TASKS}", err=True)
+            click.echo(f"iimm: {method}: no calibration: {run.unfitted[method]}", err=True)
             continue
         json_path, png_path, tau_path = output_paths(output, method, several)
         cal.to_json(json_path)

@@ -1,9 +1,11 @@
 """Calibration runs: a reference fine-tune per catalog task, then the fits that turn IIMM into predictions.
 
-For each (model, method) every non-probe task of the catalog is fine-tuned once (runs already
-in the store are reused, so an interrupted calibration resumes), evaluated before and after on
-its own test split and on every other catalog task (forgetting), and the records are fitted
-by `predict.fit_calibration`. Calibrations are also logged in the store.
+For each (model, method) every non-probe task of the catalog is fine-tuned once (finished runs
+in the store are reused and an interrupted one resumes from its last epoch, so an interrupted
+calibration picks up where it stopped), evaluated before and after on its own test split and on
+every other catalog task (forgetting), and the records are fitted by `predict.fit_calibration`.
+Zero-shot accuracies and scores are kept in the store and computed once per model and data,
+whatever the method. Calibrations are also logged in the store.
 """
 
 from __future__ import annotations
@@ -29,11 +31,15 @@ CALIBRATION_SCHEMA = [
 
 @dataclass
 class CalibrationRun:
-    """Per method: the calibration (None when too few tasks succeeded) and the fine-tune records."""
+    """Per method: the calibration (None when it could not be fitted) and the fine-tune records.
+
+    unfitted: per method without a calibration, why (too few tasks finished, or no relation to fit).
+    """
 
     calibrations: dict[str, Calibration | None] = field(default_factory=dict)
     records: dict[str, list[dict]] = field(default_factory=dict)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (task, method, one-line error)
+    unfitted: dict[str, str] = field(default_factory=dict)
 
 
 def task_data(ds: Dataset) -> tuple[str | ImageDataset, str | ImageDataset | None]:
@@ -94,7 +100,7 @@ def calibrate(catalog: Catalog, model: str, methods: Sequence[str], *, pretraine
                                   template_file=ds.template_file, template_set=ds.template_set,
                                   classnames=ds.classnames, task=ds.name, seeds=seeds, seed=seed,
                                   split_seed=split_seed, device=device,
-                                  workers=workers, store=st, score_backend=score_backend, reuse=True,
+                                  workers=workers, store=st, score_backend=score_backend, reuse=True, resume=True,
                                   progress=progress)
             except Exception as exc:  # noqa: BLE001 - one task's failure is reported, the others go on
                 message = " ".join(str(exc).split()) or type(exc).__name__
@@ -104,12 +110,17 @@ def calibrate(catalog: Catalog, model: str, methods: Sequence[str], *, pretraine
                 continue
             records.append(result.record)
         run.records[method] = records
+        run.calibrations[method] = None
         if len(records) < MIN_TASKS:
-            run.calibrations[method] = None
+            run.unfitted[method] = (f"only {len(records)} task(s) finished; a calibration needs at least "
+                                    f"{MIN_TASKS}")
             continue
-        cal = fit_calibration(records, model, method, pretrained=records[0].get("pretrained"),
-                              permutations=permutations)
-        run.calibrations[method] = cal
+        try:  # one method that cannot be fitted must not lose the others' calibrations
+            run.calibrations[method] = fit_calibration(records, model, method,
+                                                       pretrained=records[0].get("pretrained"),
+                                                       permutations=permutations)
+        except InputError as exc:
+            run.unfitted[method] = str(exc)
     return run
 
 

@@ -65,12 +65,15 @@ def embed_dataset(model: str, data, *, pretrained: str | None = None, templates=
                   domain: str | None = None, batch_size: int = 64, workers: int | None = None,
                   device: str | torch.device = "auto", dtype: str = "fp16", store=None, use_cache: bool = True,
                   max_skip_frac: float = 0.05, shard_rows: int = DEFAULT_SHARD_ROWS,
-                  progress: Progress | None = None) -> tuple[EmbeddingSet, EmbedInfo]:
+                  progress: Progress | None = None,
+                  loaded: LoadedModel | None = None) -> tuple[EmbeddingSet, EmbedInfo]:
     """Encode a labelled image dataset with a model; reuse the store's embeddings when they exist.
 
     data: a class-per-folder tree, a .csv/.jsonl manifest, or an `ImageDataset`.
     store: None (the default store root), a path, or a `Store`; ignored when use_cache is False.
     dtype: "fp16" or "fp32", how image rows are kept.
+    loaded: the model already loaded (by `load_model`) for `model` and `pretrained`, used instead of loading
+        it again when images must be encoded.
     """
     t0 = time.perf_counter()
     _check_options(batch_size, workers, dtype, max_skip_frac, shard_rows)
@@ -80,6 +83,7 @@ def embed_dataset(model: str, data, *, pretrained: str | None = None, templates=
     st = open_store(store) if use_cache else None
     spec = resolve_model(model, pretrained, hash_memo=st.hash_memo() if st else None)
     run = _Run(spec, ds, prompts, dtype, batch_size, workers, device, max_skip_frac, progress)
+    run._lm = loaded
     if st is None:
         es, info = run.in_memory(shard_rows)
     else:

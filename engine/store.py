@@ -69,6 +69,12 @@ _CORE_SCHEMA = [
     """CREATE TABLE IF NOT EXISTS file_hashes (
         key TEXT PRIMARY KEY,           -- real path : size : mtime_ns
         digest TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS results (
+        kind TEXT NOT NULL,             -- e.g. zeroshot_accuracy, zeroshot_scores
+        key TEXT NOT NULL,              -- hash of everything the value depends on
+        value TEXT NOT NULL,            -- JSON
+        created REAL NOT NULL,
+        PRIMARY KEY (kind, key))""",
 ]
 
 
@@ -235,6 +241,20 @@ class Store:
                               (embedding_set_id, input, backend, device, version, json.dumps(scores), seconds,
                                time.time()))
             return int(cur.lastrowid)
+
+    # ---- results computed once and reused ------------------------------------------------------------
+
+    def get_result(self, kind: str, key: dict) -> Any | None:
+        """The JSON value stored for (`kind`, hash of `key`), or None when it was never computed."""
+        with self.connect(write=False) as con:
+            row = con.execute("SELECT value FROM results WHERE kind=? AND key=?", (kind, hash_json(key))).fetchone()
+        return None if row is None else json.loads(row["value"])
+
+    def put_result(self, kind: str, key: dict, value: Any) -> None:
+        """Keep a JSON-able `value` under (`kind`, hash of `key`); `key` must name everything it depends on."""
+        with self.connect() as con:
+            con.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
+                        (kind, hash_json(key), json.dumps(value), time.time()))
 
     # ---- locks and file hashes ----------------------------------------------------------------------
 

@@ -111,3 +111,75 @@ def test_other_tasks_are_measured_with_their_own_names_prompts_and_test_images(t
     assert task.name == "other" and task.templates == ["a drawing of {}."]
     assert task.data.classnames == ["number 0", "number 1", "number 2"]
     assert {p.split("/")[-3] for p in task.data.paths} == {"task-test"}
+
+
+def test_calibration_computes_each_zero_shot_result_once(setup, tmp_path, monkeypatch):
+    """Zero-shot accuracies and scores depend on the model and the data, not on the method or on which task
+    trains: across two methods they are computed once each, and the model is loaded once per run."""
+    import os
+
+    import iimm.engine.extract as extract_mod
+    import iimm.engine.finetune.run as run_mod
+    import iimm.engine.models as models_mod
+    from iimm.engine import load_catalog
+    from iimm.engine.calibrate import calibrate
+    from iimm.engine.errors import InputError
+    from iimm.engine.finetune import TrainConfig
+
+    root, model = setup
+    calls = {"zero-shot": [], "score": 0, "load": 0}
+    accuracy = run_mod.accuracy
+
+    def counting_accuracy(tuned, ds, cls, transform, *, use_probe, stage, **kw):
+        if stage.startswith("zero-shot"):
+            calls["zero-shot"].append((ds.fingerprint(), stage))
+        return accuracy(tuned, ds, cls, transform, use_probe=use_probe, stage=stage, **kw)
+
+    import iimm.engine.scores as scores_mod
+    real_score, real_load = scores_mod.score, models_mod.load_model
+
+    def counting_score(*a, **kw):
+        calls["score"] += 1
+        return real_score(*a, **kw)
+
+    def counting_load(*a, **kw):
+        calls["load"] += 1
+        return real_load(*a, **kw)
+
+    monkeypatch.setattr(run_mod, "accuracy", counting_accuracy)
+    monkeypatch.setattr(scores_mod, "score", counting_score)
+    monkeypatch.setattr(models_mod, "load_model", counting_load)
+    monkeypatch.setattr(extract_mod, "load_model", counting_load)
+    import iimm.engine.calibrate as calibrate_mod
+    real_fit = calibrate_mod.fit_calibration
+
+    def fit_all_but_bitfit(records, model, method, **kw):  # a method with nothing to fit loses only its own
+        if method == "bitfit":
+            raise InputError("gain is the same on all 3 tasks; there is no relation to fit")
+        return real_fit(records, model, method, **kw)
+
+    monkeypatch.setattr(calibrate_mod, "fit_calibration", fit_all_but_bitfit)
+    catalog = load_catalog(root / "catalog.toml")
+    config = TrainConfig(epochs=1, lr=1e-3, batch_size=16, optimizer="adamw", val_fraction=0.0)
+    run = calibrate(catalog, model, ["full", "bitfit"], config=config, workers=0, store=tmp_path / "store",
+                    score_backend="torch", permutations=0)
+    assert run.calibrations["full"].method == "full" and run.calibrations["bitfit"] is None
+    assert run.unfitted == {"bitfit": "gain is the same on all 3 tasks; there is no relation to fit"}
+    # 3 own test splits + the 4 catalog folders measured as other tasks, for both methods together
+    assert len(calls["zero-shot"]) == len(set(calls["zero-shot"])) == 7
+    assert calls["score"] == 3
+    assert calls["load"] == 6  # one per (task, method) run, shared by the embedding and the training
+    for a, b in zip(run.records["full"], run.records["bitfit"]):
+        assert (a["task"], a["zeroshot_acc"], a["scores"]) == (b["task"], b["zeroshot_acc"], b["scores"])
+        assert {k: v["before"] for k, v in a["ood"].items()} == {k: v["before"] for k, v in b["ood"].items()}
+
+    # a changed image is new data: its zero-shot accuracy is measured again
+    image = next((root / "last").rglob("*.png"))
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    calls["zero-shot"].clear()
+    again = calibrate(catalog, model, ["bitfit"], config=config, workers=0, store=tmp_path / "store",
+                      score_backend="torch", permutations=0)
+    # measured again: "last" as another task (and its own test split only if the image fell into it)
+    assert [stage for _, stage in calls["zero-shot"] if stage != "zero-shot test"] == ["zero-shot last"]
+    resumed = {r["task"]: r["per_seed"][0]["resumed_epochs"] for r in again.records["bitfit"]}
+    assert resumed == {"first": 1, "middle": 1, "last": 0}  # re-evaluated, not retrained; "last" is new data

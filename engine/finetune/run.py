@@ -12,7 +12,7 @@ import gc
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 from pathlib import Path
 
 import torch
@@ -52,12 +52,11 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
         max_skip_frac, batch_size).
     score_backend: the compute backend of the zero-shot scores (see `iimm.engine.score`).
     reuse: return the stored record of a finished run with the same configuration, seeds and
-        evaluation tasks instead of training again (an interrupted calibration resumes this way).
+        evaluation tasks (the same images, class names and prompts) instead of training again.
     progress: called as progress(stage, done, total) or progress(stage, done, total, metrics).
     """
     from ..extract import default_workers, embed_dataset
     from ..models import load_model, resolve_device, resolve_model
-    from ..scores import score
 
     started = time.perf_counter()
     check_method(method)
@@ -88,31 +87,47 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
     run_dir = finetune_root(st) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "config.json", config_key)
+    evals_key = {name: {"data": t.data.fingerprint(), "classnames": t.data.classnames,
+                        "templates": t.templates or prompts} for name, t in others.items()}
     if reuse and (run_dir / "record.json").exists():
         done = read_record(run_dir / "record.json")
-        same = (done["hparams"].get("seeds"), done["hparams"].get("seed"), sorted(done.get("ood", {})))
-        if same == (seeds, seed, sorted(others)) and done.get("task") == task:
+        same = (done["hparams"].get("seeds"), done["hparams"].get("seed"), done.get("evals"), done.get("task"))
+        if same == (seeds, seed, evals_key, task):
             return FinetuneResult(done, run_dir, [])
 
     embed_kw = {"dtype": "fp16", "use_cache": True, "max_skip_frac": 0.05, "batch_size": 64, **(embed_options or {})}
-    es, _ = embed_dataset(model, splits.pool, pretrained=pretrained, templates=prompts, store=st, device=dev,
-                          workers=workers, progress=progress, **embed_kw)
-    scores = score(es, backend=score_backend, progress=progress).scores
-
     lm = load_model(model, pretrained, device=dev, spec=spec)
+    es, embedded = embed_dataset(model, splits.pool, pretrained=pretrained, templates=prompts, store=st, device=dev,
+                                 workers=workers, progress=progress, loaded=lm, **embed_kw)
+    memo = st if embed_kw["use_cache"] else None
+    scores = _zero_shot_scores(es, embedded.set_id, memo, score_backend, progress)
+
     eval_batch = embed_kw["batch_size"]
     tokens = prompt_tokens(lm.tokenizer, names, prompts, dev)
     zero_shot = TunedModel(lm.model, None, MethodOptions(), 0, lm.logit_scale, lm.logit_bias)
     zs_cls = class_embeddings(zero_shot, tokens, len(names))
-    zeroshot_acc = accuracy(zero_shot, splits.test, zs_cls, lm.preprocess, use_probe=False, batch_size=eval_batch,
-                            workers=workers, progress=progress, stage="zero-shot test").value
+
+    def zero_shot_accuracy(ds: ImageDataset, templates: list[str], cls: Callable[[], torch.Tensor], stage: str):
+        key = {"format": 1, "model": spec.fingerprint, "data": ds.fingerprint(), "classnames": ds.classnames,
+               "templates": templates, "device": dev.type}
+        hit = memo.get_result("zeroshot_accuracy", key) if memo else None
+        if hit is not None:
+            return hit["correct"] / hit["total"]
+        acc = accuracy(zero_shot, ds, cls(), lm.preprocess, use_probe=False, batch_size=eval_batch, workers=workers,
+                       progress=progress, stage=stage)
+        if memo:
+            memo.put_result("zeroshot_accuracy", key, {"correct": acc.correct, "total": acc.total})
+        return acc.value
+
+    zeroshot_acc = zero_shot_accuracy(splits.test, prompts, lambda: zs_cls, "zero-shot test")
     other_tokens = {name: prompt_tokens(lm.tokenizer, t.data.classnames, t.templates or prompts, dev)
                     for name, t in others.items()}
+    ood_before = {name: zero_shot_accuracy(t.data, t.templates or prompts,
+                                           lambda: class_embeddings(zero_shot, other_tokens[name],
+                                                                    len(t.data.classnames)),
+                                           f"zero-shot {name}")
+                  for name, t in others.items()}
     others = {name: t.data for name, t in others.items()}
-    ood_before = {name: accuracy(zero_shot, ds, class_embeddings(zero_shot, other_tokens[name], len(ds.classnames)),
-                                 lm.preprocess, use_probe=False, batch_size=eval_batch, workers=workers,
-                                 progress=progress, stage=f"zero-shot {name}").value
-                  for name, ds in others.items()}
     del zero_shot
 
     info = {"model": model, "pretrained": spec.pretrained, "method": method, "options": asdict(options),
@@ -160,9 +175,24 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
               "seconds": time.perf_counter() - started, "checkpoint": _best_checkpoint(per_seed),
               "images": {"pool": len(splits.pool), "train": len(splits.train),
                          "val": len(splits.val) if splits.val else 0, "test": len(splits.test)},
-              "per_seed": per_seed, "device": str(dev), "created": time.time(), **_versions()}
+              "per_seed": per_seed, "evals": evals_key, "device": str(dev), "created": time.time(), **_versions()}
     write_record(run_dir, record)
     return FinetuneResult(record, run_dir, results)
+
+
+def _zero_shot_scores(es, set_id: str | None, memo, backend: str, progress) -> dict[str, float]:
+    """Every embedding score of the zero-shot embeddings, computed once per embedding set when `memo` is a Store."""
+    from ... import __version__
+    from ..scores import score
+
+    key = {"format": 1, "embedding_set": set_id, "iimm_version": __version__}
+    hit = memo.get_result("zeroshot_scores", key) if memo and set_id else None
+    if hit is not None:
+        return hit
+    scores = score(es, backend=backend, progress=progress).scores
+    if memo and set_id:
+        memo.put_result("zeroshot_scores", key, scores)
+    return scores
 
 
 class EvalTask(NamedTuple):
