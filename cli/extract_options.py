@@ -41,9 +41,9 @@ class ExtractOptions:
         """True when the command line names images to encode (--model or --data)."""
         return bool(self.model or self.data)
 
-    def check(self) -> None:
-        """--model and --data come together; a bare architecture needs its weights named."""
-        if bool(self.model) != bool(self.data):
+    def check(self, need_data: bool = True) -> None:
+        """--model and --data come together (unless need_data is False); a bare architecture needs its weights."""
+        if need_data and bool(self.model) != bool(self.data):
             missing = "--data" if self.model else "--model"
             raise InputError(f"{missing} is missing; images are encoded with --model M --data PATH together")
         name = self.model or ""
@@ -66,6 +66,17 @@ class ExtractOptions:
 
         self.check()
         return embed_dataset(self.model, self.data, device=device, progress=progress, **self.embed_kwargs())
+
+
+    def class_text_encoder(self, device: str = "auto"):
+        """names -> (C, D) class texts of --model with these prompts (for image embeddings made elsewhere)."""
+        from ..engine.extract import class_text_encoder
+
+        self.check(need_data=False)
+        template_file, template_set = _templates_source(self.templates)
+        return class_text_encoder(self.model, pretrained=self.pretrained, templates=list(self.template) or None,
+                                  template_file=template_file, template_set=template_set, device=device,
+                                  store=False if self.no_cache else self.store)
 
 
 def _templates_source(value: str | None) -> tuple[str | None, str | None]:

@@ -48,8 +48,11 @@ def load_label_embeddings(path: str):
 
 @click.command()
 @click.option("--embeddings", "embeddings_path", type=click.Path(),
-              help="An .npz (image, label, text[, classnames]) or a folder of image.npy/label.npy/text.npy "
-                   "(such as `iimm embed` prints). Or encode images with --model and --data.")
+              help="An .npz (image, label, text[, classnames]), a folder of image.npy/label.npy/text.npy "
+                   "(such as `iimm embed` prints) or a clip-retrieval output folder (img_emb/, metadata/; "
+                   "--model then encodes the class texts). Or encode images with --model and --data.")
+@click.option("--label-column", help="clip-retrieval metadata column holding each image's class "
+                                     "[default: label, else the image's folder].")
 @extraction_options
 @click.option("--metrics", default="all", show_default=True,
               help=f"Comma-separated keys or groups ({', '.join(METRIC_GROUPS)}): "
@@ -71,20 +74,26 @@ def load_label_embeddings(path: str):
 @click.option("--label-embeddings", type=click.Path(dir_okay=False), multiple=True,
               help="Extra (C, D) .npy label embeddings for EMMS (repeatable); the class texts are always used.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
-def score(embeddings_path, extract, metrics, fmt, output, backend, device, chunk_rows, gensil_p, sample, seed,
+def score(embeddings_path, label_column, extract, metrics, fmt, output, backend, device, chunk_rows, gensil_p, sample, seed,
           quadratic_limit, logit_scale, baseline_sample, label_embeddings, progress):
     """Score a task's zero-shot embeddings (IIMM, silhouettes, zero-shot accuracy, ...).
 
     Either --embeddings PATH, or --model M --data IMAGES (encoded once, then kept in the store).
+    A clip-retrieval folder's class texts come from its text.npy, or from --model M with --template prompts.
     """
     info = None
-    if extract.given:
-        if embeddings_path:
-            raise InputError("--embeddings and --model/--data both given; pass one source of embeddings")
+    if embeddings_path:
+        if extract.data:
+            raise InputError("--embeddings and --data both given; pass one source of embeddings")
+        if not extract.model and (extract.template or extract.templates or extract.pretrained):
+            raise InputError("--template/--templates/--pretrained with --embeddings need --model M, the model that "
+                             "encodes the class texts of a clip-retrieval folder")
+        class_texts = extract.class_text_encoder(device) if extract.model else None
+        es = load_embeddings(embeddings_path, class_texts=class_texts, label_column=label_column,
+                             classnames=extract.classnames)
+    elif extract.given:
         with ProgressBar(unit="img", enabled=progress) as bar:
             es, info = extract.embed(device=device, progress=bar)
-    elif embeddings_path:
-        es = load_embeddings(embeddings_path)
     else:
         raise InputError("no embeddings to score; pass --embeddings PATH, or --model M --data PATH")
     with ProgressBar(enabled=progress) as bar:

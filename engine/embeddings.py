@@ -107,17 +107,28 @@ class EmbeddingSet:
         return self.subset(np.sort(rng.choice(self.n, size=size, replace=False)))
 
 
-def load_embeddings(path: str | os.PathLike, mmap: bool = True) -> EmbeddingSet:
+def load_embeddings(path: str | os.PathLike, mmap: bool = True, class_texts=None, label_column: str | None = None,
+                    classnames=None) -> EmbeddingSet:
     """Load an embedding set from a `.npz` file or a folder.
 
     A folder holds `image.npy` `(N, D)`, `label.npy` `(N,)`, `text.npy` `(C, D)` and
     optionally `classnames.json`; or, as the embedding store writes it, shards
-    `image-*.npy` / `label-*.npy` read in name order. `.npy` files are memory-mapped.
+    `image-*.npy` / `label-*.npy` read in name order; or it is the output of
+    `clip-retrieval inference` (`img_emb/`, `metadata/`; see `iimm.engine.clip_retrieval`),
+    where `class_texts` (names -> (C, D) array), `label_column` and `classnames` (a JSON file, list or
+    mapping, instead of the folder's classnames.json) apply. `.npy` files are memory-mapped.
     """
+    from .clip_retrieval import is_clip_retrieval_folder, load_clip_retrieval
+
     path = Path(path)
     if not path.exists():
         raise InputError(f"embeddings not found: {path}; pass an existing .npz file or folder to --embeddings")
     try:
+        if path.is_dir() and is_clip_retrieval_folder(path):
+            return load_clip_retrieval(path, mmap, class_texts, label_column, classnames)
+        if class_texts is not None or label_column is not None or classnames is not None:
+            raise InputError(f"{path} is not a clip-retrieval folder (no img_emb/); --model, --label-column and "
+                             f"--classnames apply to those only, this input carries its own texts and names")
         if path.is_dir():
             return _load_folder(path, mmap)
         return _load_npz(path)

@@ -92,6 +92,24 @@ def embed_dataset(model: str, data, *, pretrained: str | None = None, templates=
     return es, info
 
 
+def class_text_encoder(model: str, *, pretrained: str | None = None, templates=None, template_file=None,
+                       template_set: str | None = None, device: str | torch.device = "auto",
+                       store=None) -> Callable[[list[str]], np.ndarray]:
+    """names (C,) -> (C, D) float64 unit prompt-ensemble class texts of `model`, for image embeddings made
+    elsewhere (say by clip-retrieval) with the same model. The model loads on the first call.
+
+    store: where weight hashes are memoised (None: the default store; False: hash afresh).
+    """
+    prompts = resolve_templates(templates, template_file, template_set)
+    spec = resolve_model(model, pretrained, hash_memo=None if store is False else open_store(store).hash_memo())
+
+    def encode(classnames: list[str]) -> np.ndarray:
+        lm = load_model(spec.name, device=device, spec=spec)
+        return class_text_embeddings(lm, list(classnames), prompts).double().cpu().numpy()
+
+    return encode
+
+
 class _Run:
     """One embedding job: keys, model loading on demand, the encoding loop and its sinks."""
 
