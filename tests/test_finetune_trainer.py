@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 import statistics
 
 import numpy as np
@@ -186,6 +187,12 @@ def test_full_finetune_learns_the_digits_and_records_it(tmp_path, one_patch_mode
     listed = list_finetune_records(store, method="full", task=r["task"])
     assert [x["run_id"] for x in listed] == [r["run_id"]]
     assert list_finetune_records(store, method="lora") == []
+    # and indexed in the registry, linked to the embedding set of its zero-shot scores
+    with sqlite3.connect(store / "registry.sqlite") as con:
+        row = con.execute("SELECT f.run_id, f.method, f.task, f.gain, f.forgetting, f.path, e.status FROM "
+                          "finetune_runs f JOIN embedding_sets e ON e.id = f.embedding_set_id").fetchall()
+    assert row == [(r["run_id"], "full", r["task"], r["gain"], r["forgetting"], str(result.run_dir / "record.json"),
+                    "complete")]
 
 
 def test_lora_and_adapter_training_leave_the_base_weights_bit_identical(tmp_path, tiny_model_dir, digits_png_dir):

@@ -6,6 +6,8 @@ Layout under the store root:
     finetune/<run id>/seed-<s>/checkpoint.safetensors   trained parameters of the best epoch
     finetune/<run id>/seed-<s>/last.safetensors         resume state: parameters, optimizer, progress
 
+Each written record is also a row of the registry's `finetune_runs` table (run id, model, method,
+task, embedding set, accuracies, gain, forgetting, record path), for SQL over many runs.
 The run id hashes everything the training depends on (model weights, data, splits,
 method, hyperparameters), so `--resume` finds an interrupted run by its configuration.
 The --eval tasks are not part of it: a rerun with other --eval tasks and --resume
@@ -28,6 +30,11 @@ from ..errors import InputError
 from ..files import write_atomic, write_json_atomic
 from ..store import hash_json, open_store
 
+FINETUNE_RUNS_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS finetune_runs (run_id TEXT PRIMARY KEY, model TEXT NOT NULL, pretrained TEXT, "
+    "method TEXT NOT NULL, task TEXT, embedding_set_id TEXT REFERENCES embedding_sets(id), zeroshot_acc REAL, "
+    "finetuned_acc REAL, gain REAL, normalized_gain REAL, forgetting REAL, path TEXT NOT NULL, created REAL NOT NULL)",
+]
 FINETUNE_DIR = "finetune"
 RECORD_FILE = "record.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -54,11 +61,22 @@ def seed_dir(run_dir: Path, seed: int) -> Path:
     return folder
 
 
-def write_record(run_dir: Path, record: dict) -> Path:
-    """Write `record.json` atomically; non-finite numbers are refused (they would not be valid JSON)."""
+def write_record(run_dir: Path, record: dict, store=None) -> Path:
+    """Write `record.json` atomically and index it in the store's `finetune_runs` table.
+
+    Non-finite numbers are refused (they would not be valid JSON). store: the Store (or root) that
+    holds `run_dir`; None is the default store.
+    """
     _check_finite(record, "record")
     path = Path(run_dir) / RECORD_FILE
     write_json_atomic(path, record)
+    st = open_store(store)
+    st.migrate("finetune_runs", 1, FINETUNE_RUNS_SCHEMA)
+    with st.connect() as con:
+        con.execute("INSERT OR REPLACE INTO finetune_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (record["run_id"], record["model"], record.get("pretrained"), record["method"], record.get("task"),
+                     record.get("embedding_set_id"), record["zeroshot_acc"], record["finetuned_acc"], record["gain"],
+                     record.get("normalized_gain"), record.get("forgetting"), str(path), record["created"]))
     return path
 
 

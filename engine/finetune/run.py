@@ -167,7 +167,7 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
 
     outcome = summarize_seeds(zeroshot_acc, ood_before, per_seed)
     record = {"run_id": run_id, "model": model, "pretrained": spec.pretrained, "architecture": spec.architecture,
-              "method": method, "task": task, "data": str(splits.pool.root),
+              "method": method, "task": task, "data": str(splits.pool.root), "embedding_set_id": embedded.set_id,
               "hparams": {**asdict(cfg), **options.relevant(method), "seeds": seeds, "seed": seed,
                           "split_seed": split_seed, "templates": prompts, "test": splits.test_source,
                           "val": splits.val_source},
@@ -176,7 +176,7 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
               "images": {"pool": len(splits.pool), "train": len(splits.train),
                          "val": len(splits.val) if splits.val else 0, "test": len(splits.test)},
               "per_seed": per_seed, "evals": evals_key, "device": str(dev), "created": time.time(), **_versions()}
-    write_record(run_dir, record)
+    write_record(run_dir, record, st)
     return FinetuneResult(record, run_dir, results)
 
 
