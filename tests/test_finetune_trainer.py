@@ -247,7 +247,22 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, one_patch_mode
     assert again.record["finetuned_acc"] == straight.record["finetuned_acc"]
 
 
-def test_few_shot_seeds_select_on_out_of_domain_validation(tmp_path, one_patch_model, digits_png_dir):
+def test_few_shot_seeds_select_on_out_of_domain_validation(tmp_path, one_patch_model, digits_png_dir, monkeypatch):
+    import gc
+    import weakref
+
+    import iimm.engine.models as models_mod
+
+    loaded, real_load = [], models_mod.load_model
+
+    def load_after_the_last_model_is_freed(*a, **kw):  # one model in memory at a time, whatever the seeds
+        gc.collect()
+        assert all(ref() is None for ref in loaded), "an earlier seed's model is still alive"
+        lm = real_load(*a, **kw)
+        loaded.append(weakref.ref(lm.model))
+        return lm
+
+    monkeypatch.setattr(models_mod, "load_model", load_after_the_last_model_is_freed)
     ood = write_manifest(tmp_path / "ood.csv", digits_png_dir, domain="shifted")
     cfg = TrainConfig(epochs=2, lr=1e-2, batch_size=8, shots=2, select_on="ood")
     r = finetune(one_patch_model, str(digits_png_dir), "adapter", config=cfg, test_fraction=0.25, ood_val=str(ood),

@@ -163,6 +163,7 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
                          "seconds": res.seconds, "history": res.history})
         results.append(res)
         del tuned, base
+        lm.model = None  # trained in place by the first seed; later seeds load the base afresh
         _release(dev)
 
     outcome = summarize_seeds(zeroshot_acc, ood_before, per_seed)
