@@ -162,14 +162,15 @@ def load_image_dataset(path: str | os.PathLike, classnames=None, split: str | No
     root = Path(path)
     if not root.exists():
         raise InputError(f"data not found: {root}; pass --data a class-per-folder image tree or a .csv/.jsonl manifest")
+    listed = load_classnames(classnames)
     if root.is_dir():
         keys, display, items = _scan_class_folders(root)
     elif root.suffix.lower() in MANIFEST_EXTENSIONS:
-        keys, display, items = _read_manifest(root, _classnames_list_hint(classnames))
+        keys, display, items = _read_manifest(root, len(listed) if isinstance(listed, list) else None)
     else:
         raise InputError(f"{root} is neither a folder nor a .csv/.jsonl manifest; pass --data a class-per-folder "
                          f"image tree or a manifest with path,label columns")
-    names = apply_classnames(keys, display, load_classnames(classnames))
+    names = apply_classnames(keys, display, listed)
     ds = ImageDataset(str(root), items, names, keys)
     if not ds.items:
         raise InputError(f"{root} holds no images (extensions {', '.join(sorted(IMAGE_EXTENSIONS))}); point --data "
@@ -219,11 +220,6 @@ def _check_name(name) -> str:
     if not isinstance(name, str) or not name.strip():
         raise InputError(f"class name {name!r} is not a non-empty string; fix the --classnames file")
     return name.strip()
-
-
-def _classnames_list_hint(spec) -> int | None:
-    names = load_classnames(spec)
-    return len(names) if isinstance(names, list) else None
 
 
 def _natural_key(s: str):
