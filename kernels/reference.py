@@ -91,7 +91,8 @@ def normalise_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]
     bad = ~torch.isfinite(norm) | (norm == 0)
     first_bad = int(torch.nonzero(bad)[0, 0]) if bool(bad.any()) else -1
     x = x / norm.clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(1)
-    return x, x.double().square().sum(1), first_bad
+    # ‖x̂‖² from the norms of the unit rows: a float64 copy of x̂ just to square it would cost more than the rest
+    return x, torch.linalg.vector_norm(x, dim=1).double().square(), first_bad
 
 
 def class_sums(rows: torch.Tensor, labels: torch.Tensor, num_classes: int) -> ClassSums:
