@@ -20,7 +20,8 @@ import torch
 from .data import ImageDataset, collate_skipping, load_image_dataset, resolve_templates
 from .embeddings import EmbeddingSet, load_embeddings
 from .errors import InputError
-from .models import LoadedModel, ModelSpec, class_text_embeddings, encode_images, load_model, resolve_model
+from .models import (LoadedModel, ModelPool, ModelSpec, class_text_embeddings, encode_images, load_model,
+                     resolve_model)
 from .files import write_json_atomic, write_npy_atomic
 from .store import Store, hash_json, open_store, shard_name
 
@@ -66,14 +67,14 @@ def embed_dataset(model: str, data, *, pretrained: str | None = None, templates=
                   device: str | torch.device = "auto", dtype: str = "fp16", store=None, use_cache: bool = True,
                   max_skip_frac: float = 0.05, shard_rows: int = DEFAULT_SHARD_ROWS,
                   progress: Progress | None = None,
-                  loaded: LoadedModel | None = None) -> tuple[EmbeddingSet, EmbedInfo]:
+                  models: ModelPool | None = None) -> tuple[EmbeddingSet, EmbedInfo]:
     """Encode a labelled image dataset with a model; reuse the store's embeddings when they exist.
 
     data: a class-per-folder tree, a .csv/.jsonl manifest, or an `ImageDataset`.
     store: None (the default store root), a path, or a `Store`; ignored when use_cache is False.
     dtype: "fp16" or "fp32", how image rows are kept.
-    loaded: the model already loaded (by `load_model`) for `model` and `pretrained`, used instead of loading
-        it again when images must be encoded.
+    models: a `ModelPool` the model is taken from (and kept in) when images must be encoded, so that
+        many datasets share one load; None loads it for this call only.
     """
     t0 = time.perf_counter()
     _check_options(batch_size, workers, dtype, max_skip_frac, shard_rows)
@@ -82,8 +83,7 @@ def embed_dataset(model: str, data, *, pretrained: str | None = None, templates=
     prompts = resolve_templates(templates, template_file, template_set)
     st = open_store(store) if use_cache else None
     spec = resolve_model(model, pretrained, hash_memo=st.hash_memo() if st else None)
-    run = _Run(spec, ds, prompts, dtype, batch_size, workers, device, max_skip_frac, progress)
-    run._lm = loaded
+    run = _Run(spec, ds, prompts, dtype, batch_size, workers, device, max_skip_frac, progress, models)
     if st is None:
         es, info = run.in_memory(shard_rows)
     else:
@@ -114,17 +114,15 @@ class _Run:
     """One embedding job: keys, model loading on demand, the encoding loop and its sinks."""
 
     def __init__(self, spec: ModelSpec, ds: ImageDataset, templates: list[str], dtype: str, batch_size: int,
-                 workers: int, device, max_skip_frac: float, progress: Progress | None):
+                 workers: int, device, max_skip_frac: float, progress: Progress | None, models: ModelPool | None):
         self.spec, self.ds, self.templates, self.dtype = spec, ds, templates, dtype
         self.batch_size, self.workers, self.device = batch_size, workers, device
         self.max_skip_frac, self.progress = max_skip_frac, progress
-        self._lm: LoadedModel | None = None
+        self.models = models or ModelPool()
 
     @property
     def lm(self) -> LoadedModel:
-        if self._lm is None:
-            self._lm = load_model(self.spec.name, device=self.device, spec=self.spec)
-        return self._lm
+        return self.models.get(self.spec, self.device)
 
     def text(self) -> np.ndarray:
         """(C, D) float64 unit class text embeddings."""

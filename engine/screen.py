@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 from .catalog import Catalog, Dataset
 from .extract import embed_dataset
+from .models import ModelPool
 from .predict import Calibration, predict
 from .scores import score
 from .transfer import NCTI_PARTS, combine_ncti
@@ -85,10 +86,12 @@ def screen(catalog: Catalog, models: Sequence[str], *, calibrations: Sequence[Ca
     datasets = catalog.datasets if include_probes else catalog.targets
     result = ScreenResult([], [])
     for model in models:
+        pool = ModelPool()  # loaded on the first dataset not in the store, then shared by the rest
         for ds in datasets:
             try:
                 result.rows.append(screen_one(ds, model, calibrations, pretrained=pretrained, keys=keys,
-                                              backend=backend, device=device, embed_options=embed_options or {},
+                                              backend=backend, device=device,
+                                              embed_options={"models": pool, **(embed_options or {})},
                                               level=level, progress=progress))
             except Exception as exc:  # noqa: BLE001 - one dataset's failure is reported, the others go on
                 message = " ".join(str(exc).split()) or type(exc).__name__

@@ -52,10 +52,15 @@ def test_screen_ranks_by_iimm_and_reports_the_broken_dataset(catalog, tiny_model
         assert float(r["iimm"]) == pytest.approx(score(es, ["iimm"], backend="torch").scores["iimm"], rel=1e-6)
 
 
-def test_screen_second_run_uses_cached_embeddings(catalog, tiny_model_dir, tmp_path):
+def test_screen_second_run_uses_cached_embeddings(catalog, tiny_model_dir, tmp_path, monkeypatch):
+    import iimm.engine.models as models_mod
+
+    loads, real_load = [], models_mod.load_model
+    monkeypatch.setattr(models_mod, "load_model", lambda *a, **kw: loads.append(a) or real_load(*a, **kw))
     cat = load_catalog(catalog)
     kw = dict(backend="torch", embed_options={"workers": 0, "store": tmp_path / "store"})
     first = screen(cat, [f"local-dir:{tiny_model_dir}"], **kw)
+    assert len(loads) == 1  # four datasets to encode, one model load
     second = screen(cat, [f"local-dir:{tiny_model_dir}"], **kw)
     assert len(first.rows) == 3 and len(first.failures) == 1
     assert not any(r.cached for r in first.rows) and all(r.cached for r in second.rows)

@@ -56,7 +56,7 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
     progress: called as progress(stage, done, total) or progress(stage, done, total, metrics).
     """
     from ..extract import default_workers, embed_dataset
-    from ..models import load_model, resolve_device, resolve_model
+    from ..models import ModelPool, load_model, resolve_device, resolve_model
 
     started = time.perf_counter()
     check_method(method)
@@ -96,9 +96,11 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
             return FinetuneResult(done, run_dir, [])
 
     embed_kw = {"dtype": "fp16", "use_cache": True, "max_skip_frac": 0.05, "batch_size": 64, **(embed_options or {})}
-    lm = load_model(model, pretrained, device=dev, spec=spec)
+    pool = ModelPool()  # one load serves the embedding and the first seed, which then trains it in place
+    lm = pool.get(spec, dev)
     es, embedded = embed_dataset(model, splits.pool, pretrained=pretrained, templates=prompts, store=st, device=dev,
-                                 workers=workers, progress=progress, loaded=lm, **embed_kw)
+                                 workers=workers, progress=progress, models=pool, **embed_kw)
+    del pool
     memo = st if embed_kw["use_cache"] else None
     scores = _zero_shot_scores(es, embedded.set_id, memo, score_backend, progress)
 
