@@ -110,8 +110,8 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
     zs_cls = class_embeddings(zero_shot, tokens, len(names))
 
     def zero_shot_accuracy(ds: ImageDataset, templates: list[str], cls: Callable[[], torch.Tensor], stage: str):
-        key = {"format": 1, "model": spec.fingerprint, "data": ds.fingerprint(), "classnames": ds.classnames,
-               "templates": templates, "device": dev.type}
+        key = {"format": 1, "model": spec.fingerprint, "preprocess": spec.preprocess_cfg, "data": ds.fingerprint(),
+               "classnames": ds.classnames, "templates": templates, "device": dev.type}
         hit = memo.get_result("zeroshot_accuracy", key) if memo else None
         if hit is not None:
             return hit["correct"] / hit["total"]
