@@ -249,7 +249,7 @@ class _Run:
         pending: dict[int, _ShardBuffer] = {}
         skipped_total = list(prior_skipped)
         encoded = 0
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: a pooled model may be trained afterwards
             for images, labels, idx, skipped in loader:
                 if images is not None:
                     emb = encode_images(lm, images).cpu().numpy()

@@ -191,15 +191,15 @@ def load_model(name: str, pretrained: str | None = None, device: str | torch.dev
 
 
 class ModelPool:
-    """Built models kept for reuse, one per (weights fingerprint, device): a model that encodes many
+    """Built models kept for reuse, one per (weights, preprocessing, device): a model that encodes many
     datasets (screening a catalog) is loaded once. Dropping the pool releases its models."""
 
     def __init__(self):
-        self._loaded: dict[tuple[str, str], LoadedModel] = {}
+        self._loaded: dict[tuple[str, str, str], LoadedModel] = {}
 
     def get(self, spec: ModelSpec, device: str | torch.device = "auto") -> LoadedModel:
         dev = resolve_device(device)
-        key = (spec.fingerprint, str(dev))
+        key = (spec.fingerprint, hash_json(spec.preprocess_cfg), str(dev))
         if key not in self._loaded:
             self._loaded[key] = load_model(spec.name, device=dev, spec=spec)
         return self._loaded[key]

@@ -109,6 +109,17 @@ def test_split_errors_are_input_errors(tmp_path, digits_png_dir, other_task):
         split_task(str(digits_png_dir), test_fraction=0.2, select_on="ood")
 
 
+def test_an_unreadable_other_task_fails_the_same_way_every_time(tmp_path, one_patch_model, digits_png_dir):
+    """Nothing is remembered of a zero-shot evaluation that found no readable image."""
+    for c in ("a", "b"):
+        (tmp_path / "junk" / c).mkdir(parents=True)
+        (tmp_path / "junk" / c / "x.png").write_bytes(b"not a png")
+    for _ in range(2):
+        with pytest.raises(InputError, match="no readable image"):
+            finetune(one_patch_model, str(digits_png_dir), "probe", test_fraction=0.25, evals=[str(tmp_path / "junk")],
+                     store=tmp_path / "store", config=TrainConfig(epochs=1), **FAST)
+
+
 # ---- the record's arithmetic ------------------------------------------------------------------------
 
 def test_outcome_and_seed_summary_arithmetic():

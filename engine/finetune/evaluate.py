@@ -35,11 +35,17 @@ class Accuracy:
         return self.correct / self.total
 
 
+def autocast_dtype(device: torch.device) -> str:
+    """What `autocast(device)` computes in: "bfloat16" or "float16" on CUDA, "float32" elsewhere."""
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
 def autocast(device: torch.device):
     """bf16 autocast on CUDA where supported, else fp16 (the trainer adds a grad scaler); nothing on a CPU."""
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cuda", dtype=getattr(torch, autocast_dtype(device)))
     return contextlib.nullcontext()
 
 

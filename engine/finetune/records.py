@@ -70,6 +70,12 @@ def write_record(run_dir: Path, record: dict, store=None) -> Path:
     _check_finite(record, "record")
     path = Path(run_dir) / RECORD_FILE
     write_json_atomic(path, record)
+    index_record(record, path, store)
+    return path
+
+
+def index_record(record: dict, path: Path, store=None) -> None:
+    """Insert or refresh the record's row of the registry's `finetune_runs` table."""
     st = open_store(store)
     st.migrate("finetune_runs", 1, FINETUNE_RUNS_SCHEMA)
     with st.connect() as con:
@@ -77,7 +83,6 @@ def write_record(run_dir: Path, record: dict, store=None) -> Path:
                     (record["run_id"], record["model"], record.get("pretrained"), record["method"], record.get("task"),
                      record.get("embedding_set_id"), record["zeroshot_acc"], record["finetuned_acc"], record["gain"],
                      record.get("normalized_gain"), record.get("forgetting"), str(path), record["created"]))
-    return path
 
 
 def read_record(path: str | os.PathLike) -> dict:

@@ -21,9 +21,9 @@ from ..data import ImageDataset, load_image_dataset, resolve_templates
 from ..errors import InputError
 from ..files import write_json_atomic
 from ..store import open_store
-from .evaluate import accuracy, class_embeddings, prompt_tokens, summarize_seeds
+from .evaluate import accuracy, autocast_dtype, class_embeddings, prompt_tokens, summarize_seeds
 from .methods import MethodOptions, TunedModel, check_method, tune_model
-from .records import finetune_root, read_record, run_id_of, seed_dir, write_record
+from .records import finetune_root, index_record, read_record, run_id_of, seed_dir, write_record
 from .subsets import few_shot_subset, split_task, subset
 from .trainer import SeedResult, TrainConfig, train_seed
 
@@ -78,7 +78,8 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
         raise InputError(f"{splits.pool.root} has {len(names)} class; fine-tuning a classifier needs at least 2")
     others = _eval_sets(evals)
     task = task or _name_of(data)
-    config_key = {"format": 1, "model": spec.fingerprint, "architecture": spec.architecture, "method": method,
+    config_key = {"format": 1, "model": spec.fingerprint, "architecture": spec.architecture,
+                  "preprocess": spec.preprocess_cfg, "method": method,
                   "options": options.relevant(method), "train": asdict(cfg), "pool": splits.pool.fingerprint(),
                   "train_images": splits.train.fingerprint(), "val": splits.val.fingerprint() if splits.val else None,
                   "test": splits.test.fingerprint(), "classnames": names, "templates": prompts,
@@ -89,37 +90,43 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
     write_json_atomic(run_dir / "config.json", config_key)
     evals_key = {name: {"data": t.data.fingerprint(), "classnames": t.data.classnames,
                         "templates": t.templates or prompts} for name, t in others.items()}
+    embed_kw = {"dtype": "fp16", "use_cache": True, "max_skip_frac": 0.05, "batch_size": 64, **(embed_options or {})}
+    scores_from = {"dtype": embed_kw["dtype"], "backend": score_backend}
     if reuse and (run_dir / "record.json").exists():
         done = read_record(run_dir / "record.json")
-        same = (done["hparams"].get("seeds"), done["hparams"].get("seed"), done.get("evals"), done.get("task"))
-        if same == (seeds, seed, evals_key, task):
+        same = (done["hparams"].get("seeds"), done["hparams"].get("seed"), done.get("evals"), done.get("task"),
+                done.get("scores_from"))
+        if same == (seeds, seed, evals_key, task, scores_from):
+            index_record(done, run_dir / "record.json", st)
             return FinetuneResult(done, run_dir, [])
 
-    embed_kw = {"dtype": "fp16", "use_cache": True, "max_skip_frac": 0.05, "batch_size": 64, **(embed_options or {})}
     pool = ModelPool()  # one load serves the embedding and the first seed, which then trains it in place
-    lm = pool.get(spec, dev)
     es, embedded = embed_dataset(model, splits.pool, pretrained=pretrained, templates=prompts, store=st, device=dev,
                                  workers=workers, progress=progress, models=pool, **embed_kw)
-    del pool
     memo = st if embed_kw["use_cache"] else None
     scores = _zero_shot_scores(es, embedded.set_id, memo, score_backend, progress)
+    lm = pool.get(spec, dev)
+    del pool
 
     eval_batch = embed_kw["batch_size"]
+    versions = _versions()
     tokens = prompt_tokens(lm.tokenizer, names, prompts, dev)
     zero_shot = TunedModel(lm.model, None, MethodOptions(), 0, lm.logit_scale, lm.logit_bias)
     zs_cls = class_embeddings(zero_shot, tokens, len(names))
 
     def zero_shot_accuracy(ds: ImageDataset, templates: list[str], cls: Callable[[], torch.Tensor], stage: str):
-        key = {"format": 1, "model": spec.fingerprint, "preprocess": spec.preprocess_cfg, "data": ds.fingerprint(),
-               "classnames": ds.classnames, "templates": templates, "device": dev.type}
+        key = {"format": 1, **versions, "model": spec.fingerprint, "preprocess": spec.preprocess_cfg,
+               "data": ds.fingerprint(), "classnames": ds.classnames, "templates": templates,
+               "compute": autocast_dtype(dev), "batch_size": eval_batch}
         hit = memo.get_result("zeroshot_accuracy", key) if memo else None
         if hit is not None:
             return hit["correct"] / hit["total"]
         acc = accuracy(zero_shot, ds, cls(), lm.preprocess, use_probe=False, batch_size=eval_batch, workers=workers,
                        progress=progress, stage=stage)
+        value = acc.value  # raises on a dataset without a readable image: nothing is kept then
         if memo:
             memo.put_result("zeroshot_accuracy", key, {"correct": acc.correct, "total": acc.total})
-        return acc.value
+        return value
 
     zeroshot_acc = zero_shot_accuracy(splits.test, prompts, lambda: zs_cls, "zero-shot test")
     other_tokens = {name: prompt_tokens(lm.tokenizer, t.data.classnames, t.templates or prompts, dev)
@@ -175,6 +182,7 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
                           "split_seed": split_seed, "templates": prompts, "test": splits.test_source,
                           "val": splits.val_source},
               "trainable_params": counts[0], "total_params": counts[1], **outcome, "scores": scores,
+              "scores_from": scores_from,
               "seconds": time.perf_counter() - started, "checkpoint": _best_checkpoint(per_seed),
               "images": {"pool": len(splits.pool), "train": len(splits.train),
                          "val": len(splits.val) if splits.val else 0, "test": len(splits.test)},
@@ -188,7 +196,7 @@ def _zero_shot_scores(es, set_id: str | None, memo, backend: str, progress) -> d
     from ... import __version__
     from ..scores import score
 
-    key = {"format": 1, "embedding_set": set_id, "iimm_version": __version__}
+    key = {"format": 1, "embedding_set": set_id, "iimm_version": __version__, "backend": backend}
     hit = memo.get_result("zeroshot_scores", key) if memo and set_id else None
     if hit is not None:
         return hit
