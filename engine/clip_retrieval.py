@@ -38,7 +38,8 @@ def load_clip_retrieval(path: str | Path, mmap: bool = True, class_texts: ClassT
                         label_column: str | None = None, classnames=None) -> EmbeddingSet:
     """An `EmbeddingSet` of a clip-retrieval output folder (see the module docstring for the layout).
 
-    class_texts: names (C,) -> (C, D) class text embeddings; used instead of `text.npy`.
+    class_texts: names (C,) -> (C, D) class text embeddings; used instead of `text.npy`. Its `meta`
+        attribute, if any (the model's logit_scale, ...), joins the set's meta after the call.
     label_column: the metadata column holding each row's class (default `label`, else the image's folder).
     classnames: a JSON file, list or mapping used instead of the folder's `classnames.json`.
     """
@@ -51,7 +52,11 @@ def load_clip_retrieval(path: str | Path, mmap: bool = True, class_texts: ClassT
     if classnames is None and (path / "classnames.json").exists():
         classnames = path / "classnames.json"
     listed = load_classnames(classnames)
+    meta: dict = {"format": "clip-retrieval"}
     if (path / "label.npy").exists():
+        if label_column is not None:
+            raise InputError(f"{path} has label.npy, which gives every row's class; drop --label-column or "
+                             f"remove label.npy to read the classes from the metadata")
         label = _labels_int64(np.load(path / "label.npy", allow_pickle=False), path / "label.npy")
         keys = None
     else:
@@ -62,6 +67,7 @@ def load_clip_retrieval(path: str | Path, mmap: bool = True, class_texts: ClassT
             raise InputError(f"{path}: integer labels without class names; add classnames.json (a JSON list, "
                              f"one name per class index) so the class texts can be encoded")
         text = np.asarray(class_texts(names), dtype=np.float64)
+        meta.update(getattr(class_texts, "meta", {}))
     elif (path / "text.npy").exists():
         text = np.load(path / "text.npy", allow_pickle=False)
     else:
@@ -70,7 +76,7 @@ def load_clip_retrieval(path: str | Path, mmap: bool = True, class_texts: ClassT
     if names is not None and len(names) != len(text):
         raise InputError(f"{path}: {len(names)} classes but text.npy has {len(text)} rows; give one text row per "
                          f"class, in class order")
-    return EmbeddingSet(blocks, label, text, names, str(path), {"format": "clip-retrieval"})
+    return EmbeddingSet(blocks, label, text, names, str(path), meta)
 
 
 def _partitions(folder: Path, prefix: str, suffix: str) -> dict[int, Path]:
@@ -84,6 +90,7 @@ def _labels_from_metadata(path: Path, parts: list[int], rows: list[int], label_c
                           listed: list[str] | dict | None) -> tuple[np.ndarray, list[str] | None]:
     """(N,) labels and the class keys in class order (None for integer labels)."""
     try:
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise InputError("reading clip-retrieval metadata needs pyarrow; pip install 'iimm[clip-retrieval]', or put "
@@ -92,26 +99,40 @@ def _labels_from_metadata(path: Path, parts: list[int], rows: list[int], label_c
     if list(files) != parts:
         raise InputError(f"{path}: img_emb partitions {parts} but metadata partitions {list(files)}; each "
                          f"img_emb_<k>.npy needs its metadata_<k>.parquet (or add label.npy)")
-    values = []
+    first = pq.read_schema(next(iter(files.values()))).names
+    column = label_column or ("label" if "label" in first else "image_path")
+    from_folders = label_column is None and column == "image_path"
+    values, start = [], 0
     for (k, f), n in zip(files.items(), rows):
-        schema = pq.read_schema(f)
-        column = label_column or ("label" if "label" in schema.names else "image_path")
-        if column not in schema.names:
-            raise InputError(f"{f} has no column {column!r} (columns: {', '.join(schema.names)}); pass "
-                             f"--label-column with the column that holds each image's class")
-        col = pq.read_table(f, columns=[column]).column(0).to_numpy(zero_copy_only=False)
+        names = pq.read_schema(f).names
+        if column not in names:
+            raise InputError(f"{f} has no column {column!r} (columns: {', '.join(names)}); pass --label-column "
+                             f"with the column that holds each image's class")
+        col = pq.read_table(f, columns=[column]).column(0)
         if len(col) != n:
             raise InputError(f"{f} has {len(col)} rows but img_emb_{k}.npy has {n}; the partition is incomplete, "
                              f"rerun clip-retrieval inference for it")
-        if column == "image_path" and label_column is None:
-            col = np.array([Path(str(p)).parent.name for p in col], dtype=object)
-        values.append(col)
+        if col.null_count:
+            row = start + int(np.flatnonzero(pc.is_null(col).to_numpy(zero_copy_only=False))[0])
+            raise InputError(f"{path}: row {row} has no class in the metadata column {column!r}; give every "
+                             f"image a class")
+        if n:  # empty partitions carry no type worth agreeing on
+            values.append(col.to_numpy(zero_copy_only=False))
+        start += n
+    kinds = {"number" if v.dtype.kind in "iuf" else "text" for v in values}
+    if len(kinds) > 1:
+        raise InputError(f"{path}: the metadata column {column!r} holds numbers in some partitions and text in "
+                         f"others; give every image its class the same way")
+    if kinds == {"number"}:  # class indices (whole floats included; _labels_int64 refuses fractions)
+        return _labels_int64(np.concatenate(values), f"{path}: metadata column {column!r}"), None
     col = np.concatenate(values) if values else np.array([], dtype=object)
-    if col.dtype == object and (missing := [i for i, v in enumerate(col) if v is None or v != v]):
-        raise InputError(f"{path}: row {missing[0]} has no class in the metadata; give every image a class")
-    if col.dtype.kind in "iu":
-        return _labels_int64(col, f"{path}: metadata column"), None
+    if from_folders:
+        col = np.array([Path(str(p)).parent.name for p in col], dtype=object)
     keys = sorted({str(v) for v in col}, key=_natural_key)
+    if from_folders and ("" in keys or len(keys) < 2):
+        raise InputError(f"{path}: the image paths in the metadata give {len(keys)} class folder(s) "
+                         f"({', '.join(repr(k) for k in keys[:3])}); pass --label-column with the column that holds "
+                         f"each image's class, or add label.npy")
     if isinstance(listed, list):
         missing = [k for k in keys if k not in listed]
         if missing:

@@ -92,22 +92,33 @@ def embed_dataset(model: str, data, *, pretrained: str | None = None, templates=
     return es, info
 
 
+class ClassTextEncoder:
+    """names (C,) -> (C, D) float64 unit prompt-ensemble class texts of a model, for image embeddings made
+    elsewhere (say by clip-retrieval) with the same model. The model loads on the first call; `meta` then
+    holds its name, fingerprint, prompts, logit_scale and logit_bias (LEEP and NCE use the scale)."""
+
+    def __init__(self, spec: ModelSpec, templates: list[str], device: str | torch.device = "auto"):
+        self.spec, self.templates, self.device = spec, templates, device
+        self.meta: dict = {}
+
+    def __call__(self, classnames: list[str]) -> np.ndarray:
+        lm = load_model(self.spec.name, device=self.device, spec=self.spec)
+        self.meta = {"model": self.spec.name, "pretrained": self.spec.pretrained,
+                     "model_fingerprint": self.spec.fingerprint, "templates": self.templates,
+                     "logit_scale": lm.logit_scale, "logit_bias": lm.logit_bias}
+        return class_text_embeddings(lm, list(classnames), self.templates).double().cpu().numpy()
+
+
 def class_text_encoder(model: str, *, pretrained: str | None = None, templates=None, template_file=None,
                        template_set: str | None = None, device: str | torch.device = "auto",
-                       store=None) -> Callable[[list[str]], np.ndarray]:
-    """names (C,) -> (C, D) float64 unit prompt-ensemble class texts of `model`, for image embeddings made
-    elsewhere (say by clip-retrieval) with the same model. The model loads on the first call.
+                       store=None) -> ClassTextEncoder:
+    """The `ClassTextEncoder` of `model` with these prompts.
 
     store: where weight hashes are memoised (None: the default store; False: hash afresh).
     """
     prompts = resolve_templates(templates, template_file, template_set)
     spec = resolve_model(model, pretrained, hash_memo=None if store is False else open_store(store).hash_memo())
-
-    def encode(classnames: list[str]) -> np.ndarray:
-        lm = load_model(spec.name, device=device, spec=spec)
-        return class_text_embeddings(lm, list(classnames), prompts).double().cpu().numpy()
-
-    return encode
+    return ClassTextEncoder(spec, prompts, device)
 
 
 class _Run:

@@ -92,6 +92,19 @@ def test_label_column_string_and_integer_and_classnames_order(tmp_path, task):
         load_embeddings(folder, label_column="species", classnames={"0": "a cat", "3": "an eel"})
 
 
+def test_whole_float_indices_and_empty_partitions(tmp_path, task):
+    """Class indices stored as floats are indices; an empty partition (its column of Arrow type null) is no class."""
+    x, y, text, paths = task
+    folder = write_clip_retrieval(tmp_path / "out", x, paths, [(0, 50), (1, 70)], {"label": y.astype(np.float64)})
+    pq.write_table(pa.table({"image_path": pa.array([], pa.string()), "label": pa.nulls(0)}),
+                   folder / "metadata" / "metadata_2.parquet")
+    np.save(folder / "img_emb" / "img_emb_2.npy", np.zeros((0, x.shape[1]), np.float16))
+    np.save(folder / "text.npy", text)
+    es = load_embeddings(folder)
+    np.testing.assert_array_equal(es.label, y)
+    assert es.classnames is None and es.n == len(y)
+
+
 def test_label_npy_beside_the_shards_needs_no_metadata(tmp_path, task, monkeypatch):
     x, y, text, paths = task
     folder = tmp_path / "out"
@@ -131,6 +144,11 @@ def test_cli_encodes_the_class_texts_with_the_model(tmp_path, tiny_model_dir):
                 backend="torch").scores
     assert got == pytest.approx(ref, rel=1e-5)
     assert got["zeroshot_top1"] == 1.0
+    # the model's own softmax scale reaches LEEP / NCE, as for images encoded by iimm
+    from iimm.engine.extract import class_text_encoder
+    es = load_embeddings(folder, class_texts=class_text_encoder(f"local-dir:{tiny_model_dir}", templates=templates))
+    assert es.meta["logit_scale"] == pytest.approx(float(model.logit_scale.detach().exp()))
+    np.testing.assert_allclose(es.text, np.stack(text), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("case,message", [
@@ -140,15 +158,29 @@ def test_cli_encodes_the_class_texts_with_the_model(tmp_path, tiny_model_dir):
     ("bad-column", "has no column 'breed'"),
     ("unlisted-class", "class 'fox' is not in classnames.json"),
     ("no-class", "row 5 has no class in the metadata"),
+    ("null-index", "row 70 has no class in the metadata column 'species'"),
+    ("mixed-types", "holds numbers in some partitions and text in others"),
+    ("flat-paths", "give 1 class folder(s) (''); pass --label-column"),
+    ("label-npy-and-column", "has label.npy, which gives every row's class; drop --label-column"),
     ("no-pyarrow", "needs pyarrow; pip install 'iimm[clip-retrieval]'"),
     ("wrong-text-rows", "5 classes but text.npy has 4 rows"),
     ("no-shards", "holds no img_emb_<k>.npy files"),
 ])
 def test_bad_folders_are_one_line_errors(tmp_path, task, monkeypatch, capsys, case, message):
     x, y, text, paths = task
-    folder = write_clip_retrieval(tmp_path / "out", x, paths, [(0, 60), (1, 60)],
-                                  {"label": [None if i == 5 else KEYS[c] for i, c in enumerate(y)]}
-                                  if case == "no-class" else None)
+    columns = None
+    if case == "no-class":
+        columns = {"label": [None if i == 5 else KEYS[c] for i, c in enumerate(y)]}
+    elif case == "null-index":  # an integer column with a gap reads back as floats with NaN
+        columns = {"species": [None if i == 70 else int(c) for i, c in enumerate(y)]}
+    elif case == "flat-paths":
+        paths = [f"{i}.jpg" for i in range(len(y))]
+    folder = write_clip_retrieval(tmp_path / "out", x, paths, [(0, 60), (1, 60)], columns)
+    if case == "mixed-types":
+        pq.write_table(pa.table({"label": [int(c) for c in y[60:]]}), folder / "metadata" / "metadata_1.parquet")
+        pq.write_table(pa.table({"label": [KEYS[c] for c in y[:60]]}), folder / "metadata" / "metadata_0.parquet")
+    elif case == "label-npy-and-column":
+        np.save(folder / "label.npy", y)
     if case != "no-text":
         np.save(folder / "text.npy", text[:4] if case == "wrong-text-rows" else text)
     extra = []
@@ -156,8 +188,8 @@ def test_bad_folders_are_one_line_errors(tmp_path, task, monkeypatch, capsys, ca
         (folder / "metadata" / "metadata_1.parquet").unlink()
     elif case == "short-metadata":
         pq.write_table(pa.table({"image_path": paths[60:100]}), folder / "metadata" / "metadata_1.parquet")
-    elif case == "bad-column":
-        extra = ["--label-column", "breed"]
+    elif case in ("bad-column", "null-index", "label-npy-and-column"):
+        extra = ["--label-column", {"bad-column": "breed", "null-index": "species"}.get(case, "label")]
     elif case == "unlisted-class":
         (folder / "classnames.json").write_text(json.dumps(KEYS[:4]))
     elif case == "no-pyarrow":
