@@ -98,6 +98,7 @@ def screen(catalog: Catalog, models: Sequence[str], *, calibrations: Sequence[Ca
                 result.failures.append((ds.name, model, message))
                 if on_failure:
                     on_failure(ds.name, model, message)
+        del pool  # the model's memory goes before the next model loads
     add_combined_ncti(result.rows)
     return result
 
