@@ -95,7 +95,7 @@ def embed_dataset(model: str, data, *, pretrained: str | None = None, templates=
 class ClassTextEncoder:
     """names (C,) -> (C, D) float64 unit prompt-ensemble class texts of a model, for image embeddings made
     elsewhere (say by clip-retrieval) with the same model. The model loads on the first call; `meta` then
-    holds its name, fingerprint, prompts, logit_scale and logit_bias (LEEP and NCE use the scale)."""
+    holds its name, prompts, logit_scale and logit_bias (LEEP and NCE use the scale)."""
 
     def __init__(self, spec: ModelSpec, templates: list[str], device: str | torch.device = "auto"):
         self.spec, self.templates, self.device = spec, templates, device
@@ -103,8 +103,7 @@ class ClassTextEncoder:
 
     def __call__(self, classnames: list[str]) -> np.ndarray:
         lm = load_model(self.spec.name, device=self.device, spec=self.spec)
-        self.meta = {"model": self.spec.name, "pretrained": self.spec.pretrained,
-                     "model_fingerprint": self.spec.fingerprint, "templates": self.templates,
+        self.meta = {"model": self.spec.name, "pretrained": self.spec.pretrained, "templates": self.templates,
                      "logit_scale": lm.logit_scale, "logit_bias": lm.logit_bias}
         return class_text_embeddings(lm, list(classnames), self.templates).double().cpu().numpy()
 
@@ -139,12 +138,14 @@ class _Run:
         """(C, D) float64 unit class text embeddings."""
         return class_text_embeddings(self.lm, self.ds.classnames, self.templates).double().cpu().numpy()
 
-    def meta(self, images: int, skipped: list[str]) -> dict:
+    def meta(self, images: int, skipped: list[str], fingerprint: str | None = None) -> dict:
+        """Provenance; `fingerprint` (the model's) only where the store keys on it: without the store
+        the weights are never hashed."""
         import open_clip
 
         from .. import __version__
         return {"model": self.spec.name, "pretrained": self.spec.pretrained, "architecture": self.spec.architecture,
-                "model_fingerprint": self.spec.fingerprint, "preprocess": self.spec.preprocess_cfg,
+                "model_fingerprint": fingerprint, "preprocess": self.spec.preprocess_cfg,
                 "logit_scale": self.lm.logit_scale,
                 "data": self.ds.root, "classnames": self.ds.classnames, "class_keys": self.ds.class_keys,
                 "templates": self.templates, "dtype": self.dtype, "images": images, "skipped": skipped,
@@ -232,7 +233,7 @@ class _Run:
         images = sum(r for r, _ in finished.values())
         self._check_skips(len(skipped), skipped)
         write_json_atomic(folder / "classnames.json", self.ds.classnames)
-        meta = self.meta(images, skipped)
+        meta = self.meta(images, skipped, self.spec.fingerprint)
         write_json_atomic(folder / "meta.json", meta)
         es = load_embeddings(folder)
         st.mark_complete(set_id, es.n, len(skipped))

@@ -15,6 +15,7 @@ is refused.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -61,7 +62,8 @@ class ModelSpec:
         checkpoint: local path of the weights file, or None.
         model_cfg: the open_clip architecture config.
         preprocess_cfg: the eval preprocessing (size, mean, std, interpolation, resize_mode, fill_color).
-        fingerprint: sha256 over the architecture config and the weights' content.
+        fingerprint: sha256 over the architecture config and the weights' content, computed (the
+            weights read in full, unless `hash_memo` knows them) on first use only.
     """
 
     name: str
@@ -70,7 +72,15 @@ class ModelSpec:
     checkpoint: str | None
     model_cfg: dict
     preprocess_cfg: dict
-    fingerprint: str
+    hash_memo: MutableMapping[str, str] | None = field(default=None, repr=False, compare=False)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        import open_clip
+
+        weights_id = (file_fingerprint(self.checkpoint, self.hash_memo) if self.checkpoint else
+                      f"random-init:seed={RANDOM_INIT_SEED}:torch={torch.__version__}:open_clip={open_clip.__version__}")
+        return "sha256:" + hash_json({"model_cfg": self.model_cfg, "weights": weights_id})
 
 
 @dataclass
@@ -88,12 +98,15 @@ class LoadedModel:
     name: str
     architecture: str
     pretrained: str | None
-    fingerprint: str
     device: torch.device
     logit_scale: float
     logit_bias: float | None
     precision: str = "fp32"
     spec: ModelSpec | None = field(default=None, repr=False)
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.spec.fingerprint if self.spec else None
 
 
 def resolve_model(name: str, pretrained: str | None = None, *,
@@ -143,10 +156,7 @@ def resolve_model(name: str, pretrained: str | None = None, *,
         if trained_as.get("quick_gelu"):  # e.g. the openai tags: open_clip's plain config says GELU
             model_cfg = {**model_cfg, "quick_gelu": True}
     preprocess_cfg = _final_preprocess_cfg(model_cfg, preprocess_overlay)
-    weights_id = (file_fingerprint(checkpoint, hash_memo) if checkpoint else
-                  f"random-init:seed={RANDOM_INIT_SEED}:torch={torch.__version__}:open_clip={open_clip.__version__}")
-    fingerprint = "sha256:" + hash_json({"model_cfg": model_cfg, "weights": weights_id})
-    return ModelSpec(name, architecture, pretrained, checkpoint, model_cfg, preprocess_cfg, fingerprint)
+    return ModelSpec(name, architecture, pretrained, checkpoint, model_cfg, preprocess_cfg, hash_memo)
 
 
 def load_model(name: str, pretrained: str | None = None, device: str | torch.device = "cpu",
@@ -184,22 +194,22 @@ def load_model(name: str, pretrained: str | None = None, device: str | torch.dev
     return LoadedModel(
         model=model, preprocess=image_transform_v2(pp, is_train=False),
         preprocess_train=image_transform_v2(pp, is_train=True), tokenizer=tokenizer, name=spec.name,
-        architecture=spec.architecture, pretrained=spec.pretrained, fingerprint=spec.fingerprint, device=dev,
+        architecture=spec.architecture, pretrained=spec.pretrained, device=dev,
         logit_scale=float(model.logit_scale.detach().float().exp().item()),
         logit_bias=float(logit_bias.detach().float().item()) if logit_bias is not None else None,
         precision=precision, spec=spec)
 
 
 class ModelPool:
-    """Built models kept for reuse, one per (weights, preprocessing, device): a model that encodes many
+    """Built models kept for reuse, one per (weights file, configs, device): a model that encodes many
     datasets (screening a catalog) is loaded once. Dropping the pool releases its models."""
 
     def __init__(self):
-        self._loaded: dict[tuple[str, str, str], LoadedModel] = {}
+        self._loaded: dict[tuple[str, str, str, str], LoadedModel] = {}
 
     def get(self, spec: ModelSpec, device: str | torch.device = "auto") -> LoadedModel:
         dev = resolve_device(device)
-        key = (spec.fingerprint, hash_json(spec.preprocess_cfg), str(dev))
+        key = (spec.architecture, str(spec.checkpoint), hash_json([spec.model_cfg, spec.preprocess_cfg]), str(dev))
         if key not in self._loaded:
             self._loaded[key] = load_model(spec.name, device=dev, spec=spec)
         return self._loaded[key]

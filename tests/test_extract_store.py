@@ -228,7 +228,7 @@ def test_store_registry_helpers(tmp_path, tiny_model_dir):
     with st.connect() as con:
         assert json.loads(con.execute("SELECT scores FROM score_runs").fetchone()[0]) == {"iimm": 0.25}
     from iimm.engine.models import file_fingerprint, resolve_model
-    resolve_model(f"local-dir:{tiny_model_dir}", hash_memo=st.hash_memo())
+    resolve_model(f"local-dir:{tiny_model_dir}", hash_memo=st.hash_memo()).fingerprint
     weights = Path(tiny_model_dir) / "open_clip_model.safetensors"
     assert list(st.hash_memo().values()) == [file_fingerprint(weights)]
     write_npy_atomic(tmp_path / "s" / "x.npy", np.arange(3))

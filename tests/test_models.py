@@ -111,6 +111,21 @@ def test_fingerprint_tracks_weights_not_path(tmp_path, tiny_model_dir):
     assert list(memo.values()) == [digest]
 
 
+def test_weights_are_hashed_only_where_the_store_needs_the_fingerprint(tmp_path, tiny_model_dir, digits_png_dir,
+                                                                         monkeypatch):
+    import iimm.engine.models as models_mod
+    from iimm.engine.extract import embed_dataset
+
+    hashed = []
+    real = models_mod.file_fingerprint
+    monkeypatch.setattr(models_mod, "file_fingerprint", lambda path, memo=None: hashed.append(path) or real(path, memo))
+    model = f"local-dir:{tiny_model_dir}"
+    es, _ = embed_dataset(model, str(digits_png_dir), workers=0, use_cache=False)
+    assert hashed == [] and es.meta["model_fingerprint"] is None  # --no-cache: never read the weights twice
+    es, _ = embed_dataset(model, str(digits_png_dir), workers=0, store=tmp_path / "store")
+    assert len(hashed) == 1 and es.meta["model_fingerprint"] == resolve_model(model).fingerprint
+
+
 def test_random_init_is_seeded_and_fingerprinted():
     name = _register("iimm-test-arch-random", tiny_model_config("clip"))
     a, b = load_model(name), load_model(name, pretrained="random")
