@@ -20,8 +20,8 @@ import torch
 from .data import ImageDataset, collate_skipping, load_image_dataset, resolve_templates
 from .embeddings import EmbeddingSet, load_embeddings
 from .errors import InputError
-from .models import (LoadedModel, ModelPool, ModelSpec, class_text_embeddings, encode_images, load_model,
-                     resolve_model)
+from .models import (LoadedModel, ModelPool, ModelSpec, class_text_embeddings, encode_dtype, encode_images,
+                     load_model, resolve_device, resolve_model)
 from .files import write_json_atomic, write_npy_atomic
 from .store import Store, hash_json, open_store, shard_name
 
@@ -173,7 +173,8 @@ class _Run:
     def keys(self) -> tuple[str, str, str]:
         dataset_id = self.ds.fingerprint()
         image_key = hash_json({"format": 1, "model": self.spec.fingerprint, "architecture": self.spec.architecture,
-                               "preprocess": self.spec.preprocess_cfg, "dataset": dataset_id, "dtype": self.dtype})
+                               "preprocess": self.spec.preprocess_cfg, "dataset": dataset_id, "dtype": self.dtype,
+                               "compute": encode_dtype(resolve_device(self.device))})
         set_id = hash_json({"images": image_key, "classnames": self.ds.classnames,
                             "templates": self.templates})[:24]
         return dataset_id, image_key, set_id

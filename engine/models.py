@@ -171,7 +171,7 @@ def load_model(name: str, pretrained: str | None = None, device: str | torch.dev
     spec = spec or resolve_model(name, pretrained)
     dev = resolve_device(device)
     with torch.random.fork_rng(devices=[]), _quiet_open_clip():
-        torch.manual_seed(RANDOM_INIT_SEED)
+        torch.default_generator.manual_seed(RANDOM_INIT_SEED)  # built on the CPU; CUDA generators untouched
         try:
             model = open_clip.create_model(spec.architecture, pretrained=None, load_weights=False,
                                            precision="fp32", device="cpu", pretrained_image=False,
@@ -449,10 +449,16 @@ def _input_dtype(lm: LoadedModel) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(lm.precision, torch.float32)
 
 
+def encode_dtype(device: torch.device, precision: str = "fp32") -> str:
+    """What encoding computes in: fp32 weights on CUDA run under bf16 autocast (fp16 without native bf16)."""
+    if device.type == "cuda" and precision == "fp32":
+        return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
+    return {"fp16": "float16", "bf16": "bfloat16"}.get(precision, "float32")
+
+
 def _autocast(lm: LoadedModel):
     if lm.device.type == "cuda" and lm.precision == "fp32":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cuda", dtype=getattr(torch, encode_dtype(lm.device)))
     return torch.autocast("cpu", enabled=False)
 
 

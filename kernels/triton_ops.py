@@ -8,9 +8,28 @@ without a GPU (the interpreter accepts code the compiler would reject).
 
 from __future__ import annotations
 
-from .triton_class_sums import class_sums
-from .triton_cross_reduce import cross_reduce
-from .triton_pairwise import pairwise_class_sums
+import functools
+
+import torch
+
+from . import triton_class_sums, triton_cross_reduce, triton_pairwise
+
+
+def _on_rows_device(op):
+    """Launch on the GPU that holds the rows: Triton takes its device and stream from the current CUDA
+    device, which for rows on cuda:1 would otherwise be cuda:0."""
+    @functools.wraps(op)
+    def launch(rows, *args, **kwargs):
+        if isinstance(rows, torch.Tensor) and rows.is_cuda:
+            with torch.cuda.device(rows.device):
+                return op(rows, *args, **kwargs)
+        return op(rows, *args, **kwargs)
+    return launch
+
+
+class_sums = _on_rows_device(triton_class_sums.class_sums)
+cross_reduce = _on_rows_device(triton_cross_reduce.cross_reduce)
+pairwise_class_sums = _on_rows_device(triton_pairwise.pairwise_class_sums)
 
 __all__ = ["class_sums", "cross_reduce", "pairwise_class_sums"]
 

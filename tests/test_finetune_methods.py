@@ -271,6 +271,23 @@ def test_probe_starts_at_the_zero_shot_classifier(family):
     torch.testing.assert_close(probe.double(), zero_shot, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("family,method", [("clip", "lora"), ("siglip", "lora"), ("clip", "probe")])
+def test_logits_stay_float32_under_bf16_autocast(family, method):
+    """bf16 logits of 100·cos step by 0.25 and would tie or swap close classes; they are computed in fp32."""
+    model = fresh(family)
+    with torch.no_grad():
+        d = model.encode_image(images_for(family, 1)).shape[1]
+    text = F.normalize(torch.randn(5, d), dim=-1)
+    tuned = tune_model(model, method, class_embeddings=text).eval()
+    feats = F.normalize(torch.randn(4, text.shape[1]), dim=-1).bfloat16()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tuned.logits(feats, text.bfloat16())
+    assert out.dtype == torch.float32
+    with torch.no_grad():
+        want = tuned.logits(feats.float(), text.bfloat16().float())
+    torch.testing.assert_close(out, want)
+
+
 def test_shared_eva02_tiny_fixture_has_its_blocks_found(tiny_model_dir_factory):
     """timm's real eva02_tiny (224 px, 12 blocks): fused qkv weight with separate q/v biases."""
     from iimm.engine.models import load_model

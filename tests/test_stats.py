@@ -61,3 +61,11 @@ def test_merge_does_not_alias_inputs():
     sa.merge(sb)
     assert torch.equal(sb.sums, before)
     assert np.isclose(float(sa.counts.sum()), 180)
+
+
+def test_bad_row_error_reads_tensors_of_any_dtype():
+    """The bad-row message is built from the offending row as the backend holds it (a bf16 or GPU tensor)."""
+    from iimm.errors import bad_row_error
+
+    assert "row 3 has NaN or Inf" in str(bad_row_error(3, torch.tensor([0.0, float("nan")], dtype=torch.bfloat16)))
+    assert "row 4 is all zeros" in str(bad_row_error(4, torch.zeros(3, dtype=torch.bfloat16)))

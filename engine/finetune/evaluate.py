@@ -16,6 +16,7 @@ import torch
 
 from ..data import ImageDataset, collate_skipping, fill_template
 from ..errors import InputError
+from ..models import encode_dtype
 
 Progress = Callable[..., None]
 
@@ -35,17 +36,10 @@ class Accuracy:
         return self.correct / self.total
 
 
-def autocast_dtype(device: torch.device) -> str:
-    """What `autocast(device)` computes in: "bfloat16" or "float16" on CUDA, "float32" elsewhere."""
-    if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "float32"
-
-
 def autocast(device: torch.device):
     """bf16 autocast on CUDA where supported, else fp16 (the trainer adds a grad scaler); nothing on a CPU."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=getattr(torch, autocast_dtype(device)))
+        return torch.autocast("cuda", dtype=getattr(torch, encode_dtype(device)))
     return contextlib.nullcontext()
 
 

@@ -239,11 +239,16 @@ class TunedModel(nn.Module):
 
     def logits(self, image_features: torch.Tensor, class_embeddings: torch.Tensor | None,
                use_probe: bool = True) -> torch.Tensor:
-        """(B, D) unit image embeddings -> (B, C) logits; the probe head when there is one and use_probe."""
-        if self.probe is not None and use_probe:
-            return self.probe(image_features)
-        logits = self.logit_scale * image_features @ class_embeddings.to(image_features.dtype).T
-        return logits + self.logit_bias if self.logit_bias is not None else logits
+        """(B, D) unit image embeddings -> (B, C) float32 logits; the probe head when there is one and use_probe.
+
+        Always float32, autocast or not: bf16 logits of 100·cos step by 0.25, enough to tie or swap the top
+        two classes and so move accuracies and the chosen epoch."""
+        with torch.autocast(image_features.device.type, enabled=False):
+            x = image_features.float()
+            if self.probe is not None and use_probe:
+                return self.probe(x)
+            logits = self.logit_scale * x @ class_embeddings.float().T
+            return logits + self.logit_bias if self.logit_bias is not None else logits
 
     def named_trainable(self) -> dict[str, nn.Parameter]:
         """Trainable parameters by checkpoint name (names inside the open_clip model lose the `model.` prefix)."""

@@ -21,7 +21,7 @@ from ..data import ImageDataset, load_image_dataset, resolve_templates
 from ..errors import InputError
 from ..files import write_json_atomic
 from ..store import open_store
-from .evaluate import accuracy, autocast_dtype, class_embeddings, prompt_tokens, summarize_seeds
+from .evaluate import accuracy, class_embeddings, prompt_tokens, summarize_seeds
 from .methods import MethodOptions, TunedModel, check_method, tune_model
 from .records import finetune_root, index_record, read_record, run_id_of, seed_dir, write_record
 from .subsets import few_shot_subset, split_task, subset
@@ -56,7 +56,7 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
     progress: called as progress(stage, done, total) or progress(stage, done, total, metrics).
     """
     from ..extract import default_workers, embed_dataset
-    from ..models import ModelPool, load_model, resolve_device, resolve_model
+    from ..models import ModelPool, encode_dtype, load_model, resolve_device, resolve_model
 
     started = time.perf_counter()
     check_method(method)
@@ -104,7 +104,7 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
     es, embedded = embed_dataset(model, splits.pool, pretrained=pretrained, templates=prompts, store=st, device=dev,
                                  workers=workers, progress=progress, models=pool, **embed_kw)
     memo = st if embed_kw["use_cache"] else None
-    scores = _zero_shot_scores(es, embedded.set_id, memo, score_backend, progress)
+    scores = _zero_shot_scores(es, embedded.set_id, memo, score_backend, dev, progress)
     lm = pool.get(spec, dev)
     del pool
 
@@ -117,7 +117,7 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
     def zero_shot_accuracy(ds: ImageDataset, templates: list[str], cls: Callable[[], torch.Tensor], stage: str):
         key = {"format": 1, **versions, "model": spec.fingerprint, "preprocess": spec.preprocess_cfg,
                "data": ds.fingerprint(), "classnames": ds.classnames, "templates": templates,
-               "compute": autocast_dtype(dev), "batch_size": eval_batch}
+               "compute": encode_dtype(dev), "batch_size": eval_batch}
         hit = memo.get_result("zeroshot_accuracy", key) if memo else None
         if hit is not None:
             return hit["correct"] / hit["total"]
@@ -191,7 +191,8 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
     return FinetuneResult(record, run_dir, results)
 
 
-def _zero_shot_scores(es, set_id: str | None, memo, backend: str, progress) -> dict[str, float]:
+def _zero_shot_scores(es, set_id: str | None, memo, backend: str, device: torch.device,
+                      progress) -> dict[str, float]:
     """Every embedding score of the zero-shot embeddings, computed once per embedding set when `memo` is a Store."""
     from ... import __version__
     from ..scores import score
@@ -200,7 +201,7 @@ def _zero_shot_scores(es, set_id: str | None, memo, backend: str, progress) -> d
     hit = memo.get_result("zeroshot_scores", key) if memo and set_id else None
     if hit is not None:
         return hit
-    scores = score(es, backend=backend, progress=progress).scores
+    scores = score(es, backend=backend, device=device, progress=progress).scores
     if memo and set_id:
         memo.put_result("zeroshot_scores", key, scores)
     return scores

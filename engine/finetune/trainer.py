@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..data import ImageDataset, collate_skipping
 from ..errors import InputError
+from ..models import encode_dtype
 from .evaluate import accuracy, autocast, class_embeddings
 from .records import (CHECKPOINT_FILE, RESUME_FILE, RESUME_FORMAT, load_tensors, load_trainable, save_checkpoint,
                       save_tensors)
@@ -151,7 +152,7 @@ def train_seed(tuned, train_ds: ImageDataset, val_ds: ImageDataset | None, token
     params = tuned.named_trainable()
     names = list(params)
     optimizer = make_optimizer(cfg, list(params.values()))
-    use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    use_scaler = device.type == "cuda" and encode_dtype(device) == "float16"  # fp16 autocast needs loss scaling
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     steps_per_epoch = max(1, math.ceil(len(train_ds) / cfg.batch_size))
     total_steps = cfg.epochs * steps_per_epoch
