@@ -31,6 +31,7 @@ from .records import (CHECKPOINT_FILE, RESUME_FILE, RESUME_FORMAT, load_tensors,
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 SGD_MOMENTUM = 0.9
+PROGRESS_EVERY_S = 0.5  # how often the per-step progress (and its GPU sync) is reported
 # Starting points inside the papers' grid (1e-5 … 1e-2); sweep --lr for real calibration runs.
 DEFAULT_LR = {
     "sgd": {"full": 1e-4, "attention": 1e-4, "bitfit": 1e-3, "lora": 1e-3, "adapter": 1e-2, "probe": 1e-2},
@@ -178,7 +179,11 @@ def train_seed(tuned, train_ds: ImageDataset, val_ds: ImageDataset | None, token
             train_ds.torch_dataset(train_transform), batch_size=cfg.batch_size, shuffle=True, generator=generator,
             num_workers=workers, collate_fn=collate_skipping, pin_memory=device.type == "cuda")
         tuned.train()
-        loss_sum = hits = seen = 0.0
+        # running sums stay on the device: reading them every step would wait for the GPU three times a step
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        hits = torch.zeros((), dtype=torch.int64, device=device)
+        finite = torch.ones((), dtype=torch.bool, device=device)
+        seen, reported = 0, time.perf_counter()
         for batch, (images, labels, _, dropped) in enumerate(loader):
             skipped.update(train_ds.items[i].path for i in dropped)
             if images is None:
@@ -190,22 +195,25 @@ def train_seed(tuned, train_ds: ImageDataset, val_ds: ImageDataset | None, token
             with autocast(device):
                 logits = _logits(tuned, images, tokens, num_classes, frozen_text)
                 loss = F.cross_entropy(logits.float(), labels)
-            if not torch.isfinite(loss):
-                raise InputError(f"the training loss became {loss.item()} (seed {seed}, epoch {epoch + 1}, step "
-                                 f"{state.step}); lower --lr")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             state.step += 1
-            loss_sum += float(loss.detach()) * len(labels)
-            hits += float((logits.argmax(dim=1) == labels).sum())
+            finite &= torch.isfinite(loss.detach())
+            loss_sum += loss.detach().double() * len(labels)
+            hits += (logits.argmax(dim=1) == labels).sum()
             seen += len(labels)
-            if progress is not None:
+            last = batch + 1 == steps_per_epoch
+            if progress is not None and (last or time.perf_counter() - reported > PROGRESS_EVERY_S):
+                _check_finite_loss(finite, seed, epoch, state.step)
                 progress(f"{stage} epoch {epoch + 1}/{cfg.epochs}", batch + 1, steps_per_epoch,
-                         {"loss": loss_sum / seen, "acc": hits / seen, "lr": lr})
+                         {"loss": float(loss_sum) / seen, "acc": int(hits) / seen, "lr": lr})
+                reported = time.perf_counter()
         if not seen:
             raise InputError(f"no readable training image in epoch {epoch + 1}; check the training data")
+        _check_finite_loss(finite, seed, epoch, state.step)  # before anything of this epoch is saved
+        loss_sum, hits = float(loss_sum), int(hits)
         val_acc = None
         if val_ds is not None:
             val_cls = class_embeddings(tuned, tokens, num_classes)
@@ -226,6 +234,12 @@ def train_seed(tuned, train_ds: ImageDataset, val_ds: ImageDataset | None, token
         load_trainable(tuned, load_tensors(best_path, device)[0], str(best_path))
     return SeedResult(seed, state.best_epoch, state.best_val, state.history, len(train_ds), state.skipped,
                       best_path, resumed, time.perf_counter() - started)
+
+
+def _check_finite_loss(finite: torch.Tensor, seed: int, epoch: int, step: int) -> None:
+    if not bool(finite):
+        raise InputError(f"the training loss became NaN or Inf (seed {seed}, epoch {epoch + 1}, by step {step}); "
+                         f"lower --lr")
 
 
 def _frozen_text(tuned, tokens: torch.Tensor) -> torch.Tensor | None:
