@@ -8,7 +8,7 @@ from ..engine.bench import DTYPES, run_bench
 from ..engine.errors import InputError
 from ..kernels import BACKENDS
 from .progress import ProgressBar
-from .render import FORMATS, emit, table, to_csv, to_json
+from .render import FORMATS, emit, table, to_csv, to_json, writable_path
 
 HEADER = ["op", "implementation", "rows", "time/pass", "rows/s", "GB/s", "× torch", "value", "note"]
 
@@ -63,7 +63,7 @@ def parse_backends(text: str) -> list[str]:
               help="Largest N for scikit-learn's silhouette_score.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the result here instead of stdout.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path, help="Write the result here instead of stdout.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def bench(n, d, c, backends, device, dtype, repeats, pair_n, naive_limit, sklearn_limit, seed, fmt, output, progress):
     """Time class sums, cross reduce and the all-pairs pass per backend, beside the naive O(N²) peers."""

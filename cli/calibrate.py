@@ -9,12 +9,11 @@ import click
 
 from ..engine.calibrate import calibrate, record_calibration
 from ..engine.catalog import load_catalog
-from ..engine.errors import InputError
 from ..engine.files import write_atomic
 from ..engine.finetune import METHODS
 from ..engine.plots import plot_calibration
 from .finetune import TrainingProgress
-from .render import table, to_csv
+from .render import table, to_csv, writable_path
 from .training_options import TRAIN_BATCH_DEFAULT, training_options
 
 
@@ -59,7 +58,7 @@ def fit_table(calibration) -> str:
               help="Store folder [default: $IIMM_HOME, else ~/.cache/iimm].")
 @click.option("--permutations", type=click.IntRange(min=0), default=999, show_default=True,
               help="Permutations of the weighted-τ p-values (0: none).")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), callback=writable_path,
               help="Calibration JSON; the PNG plot and the τ table (CSV) are written beside it.")
 @click.option("--progress/--no-progress", default=True)
 def calibrate_cmd(catalog, model, pretrained, methods, training, batch_size, test_fraction, workers, device, backend,
@@ -69,8 +68,6 @@ def calibrate_cmd(catalog, model, pretrained, methods, training, batch_size, tes
     Runs already in the store are reused, so an interrupted calibration resumes where it stopped.
     """
     cat = load_catalog(catalog)
-    if not Path(output).resolve().parent.is_dir():
-        raise InputError(f"cannot write {output}: its folder does not exist; create it or choose another --output")
 
     def on_failure(task, method, message):
         click.echo(f"iimm: {task} ({method}) failed: {message}", err=True)

@@ -9,7 +9,7 @@ import numpy as np
 from ..engine.errors import InputError
 from .extract_options import extraction_options
 from .progress import ProgressBar
-from .render import emit, to_json, write_atomic
+from .render import emit, to_json, write_atomic, writable_path
 
 
 def embed_info_dict(es, info) -> dict:
@@ -22,7 +22,7 @@ def embed_info_dict(es, info) -> dict:
 @click.command()
 @extraction_options
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False),
+@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path,
               help="Also write the embeddings to this .npz (image, label, text, classnames).")
 @click.option("--format", "fmt", type=click.Choice(["path", "json"]), default="path", show_default=True,
               help="Print the embeddings folder, or a JSON summary.")

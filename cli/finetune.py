@@ -10,7 +10,7 @@ from ..engine.finetune import finetune as run_finetune
 from .extract_options import extraction_options
 from .progress import ProgressBar
 from .training_options import TRAIN_BATCH_DEFAULT, training_options
-from .render import emit, to_json
+from .render import emit, to_json, writable_path
 
 
 class TrainingProgress(ProgressBar):
@@ -93,7 +93,7 @@ def record_table(record: dict) -> str:
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--backend", default="auto", show_default=True, help="Backend of the zero-shot scores.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the result here instead of stdout.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path, help="Write the result here instead of stdout.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars and epoch lines on stderr.")
 @click.pass_context
 def finetune(ctx, extract, training, method, test_path, test_fraction, eval_paths, ood_val, task, resume, device,

@@ -66,3 +66,10 @@ def emit(text: str, output: str | None) -> None:
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
+
+
+def writable_path(ctx, param, value):
+    """Click callback of every output-file option: a path that cannot be written fails before any work."""
+    from ..engine.files import check_writable
+
+    return str(check_writable(value)) if value else value

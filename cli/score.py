@@ -12,7 +12,7 @@ from ..engine.transfer import DEFAULT_BASELINE_SAMPLE, TRANSFER_SCORES
 from ..engine.store import open_store
 from .extract_options import extraction_options
 from .progress import ProgressBar
-from .render import FORMATS, emit, table, to_csv, to_json
+from .render import FORMATS, emit, table, to_csv, to_json, writable_path
 
 
 def meaning(key: str) -> str:
@@ -58,7 +58,7 @@ def load_label_embeddings(path: str):
               help=f"Comma-separated keys or groups ({', '.join(METRIC_GROUPS)}): "
                    f"{', '.join([*SCORES, *TRANSFER_SCORES])}.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the result here instead of stdout.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path, help="Write the result here instead of stdout.")
 @click.option("--backend", default="auto", show_default=True, help="auto, torch, numba or triton.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per chunk (default: about 128 MiB).")

@@ -12,7 +12,7 @@ from ..engine.plots import plot_screen
 from ..engine.predict import Calibration
 from ..engine.screen import screen
 from .progress import ProgressBar
-from .render import FORMATS, emit, table, to_csv, to_json
+from .render import FORMATS, emit, table, to_csv, to_json, writable_path
 
 
 def screen_table(result) -> str:
@@ -45,8 +45,8 @@ def screen_table(result) -> str:
 @click.option("--metrics", default="iimm", show_default=True,
               help="Scores to compute besides iimm ('all' for every one).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the table/CSV/JSON here.")
-@click.option("--plot", type=click.Path(dir_okay=False), help="PNG chart (default: beside --output, same stem).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path, help="Write the table/CSV/JSON here.")
+@click.option("--plot", type=click.Path(dir_okay=False), callback=writable_path, help="PNG chart (default: beside --output, same stem).")
 @click.option("--backend", default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)

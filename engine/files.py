@@ -14,14 +14,31 @@ import numpy as np
 from .errors import InputError
 
 
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail now, before any work is done, when `path` could not be written atomically later: its folder is
+    missing, is a file, or refuses a new file; or `path` is a folder."""
+    path = Path(path)
+    folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"cannot write {path}: {folder} is a file, not a folder; choose another path")
+    if not folder.is_dir():
+        raise InputError(f"cannot write {path}: folder {folder} does not exist; create it or choose another path")
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a folder; give a file name")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc} in {folder}; choose a writable folder") from exc
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | str | None = None,
                  writer: Callable[[IO[bytes]], None] | None = None) -> Path:
     """Write `data` (or whatever `writer(f)` writes to the binary file f) to `path` atomically."""
-    path = Path(path)
-    folder = path.parent
-    if not folder.is_dir():
-        raise InputError(f"cannot write {path}: folder {folder} does not exist; create it or choose another path")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    path = check_writable(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             if writer is not None:

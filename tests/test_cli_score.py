@@ -116,3 +116,21 @@ def test_installed_console_script(npz):
     res = subprocess.run([sys.executable, "-m", "iimm.cli.main", "score", "--embeddings", "/no/such.npz"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.startswith("iimm: error: embeddings not found")
+
+
+@pytest.mark.parametrize("command", [
+    ["score", "--embeddings", "TASK"],
+    ["calibrate", "CATALOG", "--model", "clip", "--method", "full"],
+    ["screen", "CATALOG", "--model", "clip"],
+    ["collect", "TASK"],
+])
+def test_an_unwritable_output_fails_before_any_work(tmp_path, npz, capsys, command):
+    """The output folder is checked when the options are read, not after hours of work."""
+    path, _ = npz
+    (tmp_path / "catalog.toml").write_text('[[dataset]]\nname = "a"\npath = "a"\n')
+    (tmp_path / "a-file").write_text("")
+    argv = [str(path) if a == "TASK" else str(tmp_path / "catalog.toml") if a == "CATALOG" else a for a in command]
+    for out, message in [(tmp_path / "a-file" / "x.json", "is a file, not a folder"),
+                         (tmp_path / "missing" / "x.json", "does not exist")]:
+        code, stdout, stderr = run_main([*argv, "--output", str(out)], capsys)
+        assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
