@@ -7,6 +7,7 @@ in tiles, on a seeded sample when N exceeds the quadratic limit.
 
 from __future__ import annotations
 
+import difflib
 import math
 import time
 from dataclasses import dataclass, field
@@ -108,8 +109,15 @@ def resolve_keys(keys: Iterable[str] | str | None) -> list[str]:
     elif isinstance(keys, str):
         keys = keys.split(",")
     keys = [k.strip() for k in keys if k.strip()]
+    names = [*METRIC_GROUPS, *SCORES, *TRANSFER_SCORES, *TRANSFER_ALIASES]
     if not keys:
-        raise InputError(f"no metric requested; pass --metrics all or some of: {', '.join(SCORES)}")
+        raise InputError(f"no metric requested; pass --metrics all or some of: {', '.join(names)}")
+    unknown = [k for k in keys if k not in names]
+    if unknown:
+        hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, names, n=1)) else repr(k)
+                 for k in unknown]
+        raise InputError(f"unknown metric{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; valid keys: "
+                         f"{', '.join(names)}")
     wanted: set[str] = set()
     for k in keys:
         if k in ("all", "everything"):
@@ -120,9 +128,6 @@ def resolve_keys(keys: Iterable[str] | str | None) -> list[str]:
             wanted.add(k)
         elif k in TRANSFER_ALIASES:
             wanted.update(TRANSFER_ALIASES[k])
-        elif k not in METRIC_GROUPS:
-            valid = ", ".join([*METRIC_GROUPS, *SCORES, *TRANSFER_SCORES, *TRANSFER_ALIASES])
-            raise InputError(f"unknown metric {k!r}; valid keys: {valid}")
     return [k for k in [*SCORES, *TRANSFER_SCORES] if k in wanted]
 
 

@@ -172,3 +172,8 @@ def test_metric_groups():
     assert resolve_keys("everything") == ALL + list(TRANSFER_SCORES)
     with pytest.raises(InputError, match="unknown metric 'nope'.*everything.*logme"):
         resolve_keys("iimm,nope")
+    with pytest.raises(InputError, match=r"unknown metrics 'iim' \(did you mean 'iimm'\?\), "
+                                         r"'silhoutte_class' \(did you mean 'silhouette_class'\?\);"):
+        resolve_keys("iim,gap,silhoutte_class")
+    with pytest.raises(InputError, match="no metric requested.*gensil.*logme.*ncti"):
+        resolve_keys(" , ")
