@@ -47,6 +47,12 @@ class ExtractOptions:
             missing = "--data" if self.model else "--model"
             raise InputError(f"{missing} is missing; images are encoded with --model M --data PATH together")
         name = self.model or ""
+        if name and name not in MODEL_ALIASES and not name.startswith(("hf-hub:", "local-dir:")):
+            import open_clip
+
+            if open_clip.get_model_config(name.replace("/", "-")) is None:
+                raise InputError(f"unknown model {name!r}; use an alias ({', '.join(MODEL_ALIASES)}), an open_clip "
+                                 f"architecture (list them with `iimm models`), hf-hub:ORG/REPO or local-dir:PATH")
         if (name not in MODEL_ALIASES and not name.startswith(("hf-hub:", "local-dir:"))
                 and self.pretrained is None):
             raise InputError(f"--model {name} names an architecture without weights; pass --pretrained TAG (see "

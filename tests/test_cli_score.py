@@ -134,3 +134,12 @@ def test_an_unwritable_output_fails_before_any_work(tmp_path, npz, capsys, comma
                          (tmp_path / "missing" / "x.json", "does not exist")]:
         code, stdout, stderr = run_main([*argv, "--output", str(out)], capsys)
         assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+
+@pytest.mark.parametrize("model,message", [
+    ("ViT-B-33", "unknown model 'ViT-B-33'; use an alias (clip, siglip, coca, eva02)"),
+    ("ViT-B-32", "--model ViT-B-32 names an architecture without weights; pass --pretrained TAG"),
+])
+def test_model_names_are_checked_before_the_weights(tmp_path, capsys, model, message):
+    code, _, stderr = run_main(["score", "--model", model, "--data", str(tmp_path)], capsys)
+    assert code == 2 and message in stderr
