@@ -17,6 +17,8 @@ from ..engine.errors import InputError
 from ..engine.models import MODEL_ALIASES, RANDOM_WEIGHTS
 from .option_group import option_group
 
+ENCODE_BATCH_DEFAULT = 64
+
 @dataclass
 class ExtractOptions:
     """The parsed extraction options of one command line."""
@@ -29,7 +31,7 @@ class ExtractOptions:
     classnames: str | None
     split: str | None
     domain: str | None
-    batch_size: int
+    batch_size: int | None  # None: the command's default
     workers: int | None
     dtype: str
     no_cache: bool
@@ -63,7 +65,7 @@ class ExtractOptions:
         template_file, template_set = _templates_source(self.templates)
         return dict(pretrained=self.pretrained, templates=list(self.template) or None, template_file=template_file,
                     template_set=template_set, classnames=self.classnames, split=self.split, domain=self.domain,
-                    batch_size=self.batch_size, workers=self.workers, dtype=self.dtype, store=self.store,
+                    batch_size=self.batch_size or ENCODE_BATCH_DEFAULT, workers=self.workers, dtype=self.dtype, store=self.store,
                     use_cache=not self.no_cache, max_skip_frac=self.max_skip_frac)
 
     def embed(self, device: str = "auto", progress=None):
@@ -111,7 +113,8 @@ _OPTIONS = [
                  help="JSON list (class order) or mapping (folder name or index -> name) renaming classes."),
     click.option("--split", help="Use only manifest rows of this split."),
     click.option("--domain", help="Use only manifest rows of this domain."),
-    click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per batch."),
+    click.option("--batch-size", type=click.IntRange(min=1),
+                 help=f"Images per batch [default: {ENCODE_BATCH_DEFAULT} to encode; fine-tuning trains with 128]."),
     click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes "
                                                                "[default: cores - 1, at most 8]."),
     click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,

@@ -95,8 +95,7 @@ def record_table(record: dict) -> str:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path, help="Write the result here instead of stdout.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars and epoch lines on stderr.")
-@click.pass_context
-def finetune(ctx, extract, training, method, test_path, test_fraction, eval_paths, ood_val, task, resume, device,
+def finetune(extract, training, method, test_path, test_fraction, eval_paths, ood_val, task, resume, device,
              backend, fmt, output, progress):
     """Fine-tune a model on a task and record zero-shot vs fine-tuned accuracy, forgetting and the scores.
 
@@ -107,8 +106,7 @@ def finetune(ctx, extract, training, method, test_path, test_fraction, eval_path
     if not extract.given:
         raise InputError("nothing to fine-tune; pass --model M --data PATH --method METHOD")
     extract.check()
-    batch_given = ctx.get_parameter_source("batch_size") not in (click.core.ParameterSource.DEFAULT, None)
-    cfg = training.config(extract.batch_size if batch_given else TRAIN_BATCH_DEFAULT)
+    cfg = training.config(extract.batch_size or TRAIN_BATCH_DEFAULT)
     options = training.method_options()
     kw = extract.embed_kwargs()
     with TrainingProgress(method, enabled=progress) as bar:
@@ -120,7 +118,7 @@ def finetune(ctx, extract, training, method, test_path, test_fraction, eval_path
             seed=training.seed, split_seed=training.split_seed, device=device, workers=kw["workers"],
             store=kw["store"], resume=resume,
             embed_options={"dtype": kw["dtype"], "use_cache": kw["use_cache"], "max_skip_frac": kw["max_skip_frac"],
-                           "batch_size": extract.batch_size},
+                           "batch_size": kw["batch_size"]},
             score_backend=backend, progress=bar)
     record = {**result.record, "path": str(result.run_dir / "record.json")}
     emit(to_json(record) if fmt == "json" else record_table(record), output)
