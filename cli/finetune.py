@@ -48,7 +48,9 @@ def record_table(record: dict) -> str:
     def acc(value, spread=None):
         return f"{value:.4f}" + (f" ± {spread:.4f}" if spread is not None else "")
 
-    rows = [["model", f"{record['model']} ({record['architecture']})"],
+    model = record["model"] if record["architecture"] == record["model"] else \
+        f"{record['model']} ({record['architecture']})"
+    rows = [["model", model],
             ["method", f"{record['method']}: {record['trainable_params']:,} trainable of {record['total_params']:,}"],
             ["task", f"{record['task']}  (train {record['images']['train']}, val {record['images']['val']}, "
                      f"test {record['images']['test']})"],
@@ -61,11 +63,11 @@ def record_table(record: dict) -> str:
         change = f"{v['before']:.4f} → {v['after']:.4f} ({v['after'] - v['before']:+.4f})"
         rows.append([f"{name} before → after", change])
     if record["forgetting"] is not None:
-        rows.append(["forgetting", f"{record['forgetting']:+.4f}"])
+        rows.append(["forgetting", f"{record['forgetting']:+.4f}  (mean after − before: below 0 is forgotten)"])
     if "iimm" in record["scores"]:
         rows.append(["iimm (zero-shot)", f"{record['scores']['iimm']:.6f}"])
     seeds = record["per_seed"]
-    rows += [["seeds", ", ".join(str(p["seed"]) for p in seeds)],
+    rows += [["seed" if len(seeds) == 1 else "seeds", ", ".join(str(p["seed"]) for p in seeds)],
              ["best epoch", ", ".join(str(p["best_epoch"]) for p in seeds)],
              ["checkpoint", record["checkpoint"]],
              ["record", record.get("path", "")],
