@@ -69,6 +69,8 @@ def screen_cmd(catalog, models, pretrained, calibrations, metrics, fmt, output, 
         result = screen(cat, models, calibrations=cals, pretrained=pretrained, keys=keys, backend=backend,
                         device=device, embed_options=embed_options, include_probes=include_probes, progress=bar,
                         on_failure=on_failure)
+    for note in result.notes:
+        click.echo(f"iimm: note: {note}", err=True)
     ranked = result.ranked
     if fmt == "json":
         text = to_json({"catalog": catalog, "rows": [r.to_dict() for r in ranked],

@@ -12,9 +12,10 @@ from typing import Callable, Sequence
 
 from .catalog import Catalog, Dataset
 from .extract import embed_dataset
-from .models import ModelPool
+from .models import ModelPool, resolve_model
 from .predict import Calibration, predict
 from .scores import score
+from .store import open_store
 from .transfer import NCTI_PARTS, combine_ncti
 
 
@@ -62,14 +63,22 @@ class ScreenRow:
                 "in_range": self.in_range}
 
 
+ALL_DATASETS = "(every dataset)"
+
+
 @dataclass
 class ScreenResult:
     rows: list[ScreenRow]
-    failures: list[tuple[str, str, str]]  # (dataset, model, one-line error)
+    failures: list[tuple[str, str, str]]  # (dataset or ALL_DATASETS, model, one-line error)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ranked(self) -> list[ScreenRow]:
-        return sorted(self.rows, key=lambda r: -r.sort_key() if math.isfinite(r.sort_key()) else math.inf)
+        """Rows with a predicted gain first, by it; then the uncalibrated rows, by IIMM (the two don't compare)."""
+        def key(r: ScreenRow):
+            value = r.sort_key()
+            return (r.primary_gain() is None, -value if math.isfinite(value) else math.inf)
+        return sorted(self.rows, key=key)
 
 
 def screen(catalog: Catalog, models: Sequence[str], *, calibrations: Sequence[Calibration] = (),
@@ -85,7 +94,23 @@ def screen(catalog: Catalog, models: Sequence[str], *, calibrations: Sequence[Ca
     keys = None if keys is None else list(dict.fromkeys(["iimm", *keys]))
     datasets = catalog.datasets if include_probes else catalog.targets
     result = ScreenResult([], [])
+    calibrated = {c.model for c in calibrations}
+    result.notes += [f"calibration {c.model}/{c.method} matches no --model; it was not used" for c in calibrations
+                     if c.model not in models]
+    if calibrations:
+        result.notes += [f"{m} has no calibration: its rows are ranked by IIMM, after the calibrated ones"
+                         for m in models if m not in calibrated]
+    store = (embed_options or {}).get("store")
     for model in models:
+        try:  # a model that cannot be found fails once, not once per dataset
+            resolve_model(model, pretrained, hash_memo=None if (embed_options or {}).get("use_cache") is False
+                          else open_store(store).hash_memo())
+        except Exception as exc:  # noqa: BLE001 - one model's failure is reported, the others go on
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            result.failures.append((ALL_DATASETS, model, message))
+            if on_failure:
+                on_failure(ALL_DATASETS, model, message)
+            continue
         pool = ModelPool()  # loaded on the first dataset not in the store, then shared by the rest
         for ds in datasets:
             try:

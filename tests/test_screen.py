@@ -88,3 +88,29 @@ def test_ncti_is_combined_across_models_only():
     want = combine_ncti({"m0": parts[0], "m1": parts[1]})
     assert rows[0].scores["ncti"] == want["m0"] and rows[1].scores["ncti"] == want["m1"]
     assert "ncti" not in rows[2].scores
+
+
+def test_a_model_that_cannot_be_found_fails_once(catalog, tiny_model_dir, tmp_path):
+    from iimm.engine.screen import ALL_DATASETS
+
+    seen = []
+    result = screen(load_catalog(catalog), [str(tmp_path / "no-such-model"), f"local-dir:{tiny_model_dir}"],
+                    backend="torch", embed_options={"workers": 0, "store": tmp_path / "store"},
+                    on_failure=lambda d, m, e: seen.append((d, m)))
+    assert seen.count((ALL_DATASETS, str(tmp_path / "no-such-model"))) == 1
+    assert [f[:2] for f in result.failures if f[1] == str(tmp_path / "no-such-model")] == \
+        [(ALL_DATASETS, str(tmp_path / "no-such-model"))]
+    assert sorted(r.dataset for r in result.rows) == ["all", "high", "low"]
+
+
+def test_calibrated_rows_rank_before_uncalibrated_ones():
+    from iimm.engine.screen import ScreenResult, ScreenRow
+
+    def row(name, model, iimm, gain=None):
+        r = ScreenRow(name, model, {"iimm": iimm}, 10, True)
+        if gain is not None:
+            r.predictions["full"] = {"gain": {"value": gain, "low": gain - 0.1, "high": gain + 0.1}}
+        return r
+
+    rows = [row("a", "m2", 0.9), row("b", "m1", 0.5, gain=0.02), row("c", "m1", 0.6, gain=0.08), row("d", "m2", 0.7)]
+    assert [r.dataset for r in ScreenResult(rows, []).ranked] == ["c", "b", "a", "d"]
