@@ -77,10 +77,12 @@ class ImageDataset:
         items = [it for it in self.items
                  if (split is None or it.split == split) and (domain is None or it.domain == domain)]
         if not items:
-            splits = sorted({str(it.split) for it in self.items})
-            domains = sorted({str(it.domain) for it in self.items})
-            raise InputError(f"{self.root}: no images with split={split!r} domain={domain!r}; the data has splits "
-                             f"{', '.join(splits)} and domains {', '.join(domains)}")
+            wanted = " and ".join(f"{k} {v!r}" for k, v in (("split", split), ("domain", domain)) if v is not None)
+            splits = sorted({it.split for it in self.items if it.split is not None})
+            domains = sorted({it.domain for it in self.items if it.domain is not None})
+            has = "; ".join(f"its {k}s are {', '.join(v)}" if v else f"it has no {k} column"
+                            for k, v, asked in (("split", splits, split), ("domain", domains, domain)) if asked)
+            raise InputError(f"{self.root}: no images with {wanted}; {has} (a .csv/.jsonl manifest gives them)")
         return replace(self, items=items)
 
     def fingerprint(self) -> str:

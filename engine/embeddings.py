@@ -195,7 +195,7 @@ def _labels_int64(label: np.ndarray, where: object = "labels") -> np.ndarray:
     if label.dtype.kind == "f":
         if label.size and not np.all(np.isfinite(label) & (label == np.round(label))):
             bad = int(np.flatnonzero(~(np.isfinite(label) & (label == np.round(label))))[0])
-            raise InputError(f"{where}: label of row {bad} is {label[bad]!r}, not an integer; labels must be "
+            raise InputError(f"{where}: label of row {bad} is {label[bad].item()!r}, not an integer; labels must be "
                              f"class indices 0..C-1")
     elif label.dtype.kind not in "iub":
         raise InputError(f"{where}: labels have dtype {label.dtype}; they must be integer class indices 0..C-1")

@@ -192,6 +192,8 @@ class Calibration:
         except json.JSONDecodeError as exc:
             raise InputError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); pass a calibration written "
                              f"by `iimm calibrate`") from exc
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path} is not a text file; pass a calibration JSON written by `iimm calibrate`") from exc
         return cls.from_dict(data, str(path))
 
 

@@ -76,8 +76,15 @@ def test_csv_manifest_with_split_and_domain(tmp_path):
     assert [Path(it.path).name for it in train.items] == ["0.png", "2.png"]
     assert train.classnames == ds.classnames
     assert len(ds.select(domain="a")) == 2
-    with pytest.raises(InputError, match="split='val'"):
+    with pytest.raises(InputError, match="no images with split 'val'; its splits are test, train"):
         ds.select(split="val")
+    with pytest.raises(InputError, match="no images with split 'test' and domain 'c'; its splits are test, train; "
+                                         "its domains are a, b"):
+        ds.select(split="test", domain="c")
+    flat = load_image_dataset(tmp_path / "imgs" / ".." / "m.csv")
+    flat.items = [it.__class__(it.path, it.label) for it in flat.items]  # as a class-folder tree: no splits
+    with pytest.raises(InputError, match="no images with split 'test'; it has no split column"):
+        flat.select(split="test")
 
 
 def test_jsonl_manifest_integer_labels_with_classnames_list(tmp_path):

@@ -65,7 +65,7 @@ def test_memory_mapped_rows_are_not_loaded(tmp_path):
     (lambda a: a.update(label=a["label"][:-1]), "but 119 labels"),
     (lambda a: a["label"].__setitem__(4, -1), "label of row 4 is -1"),
     (lambda a: a["label"].__setitem__(9, 4), "label of row 9 is 4 but there are only 4 class texts"),
-    (lambda a: a.update(label=a["label"] + 0.5), "not an integer"),
+    (lambda a: a.update(label=a["label"] + 0.5), "label of row 0 is 2.5, not an integer"),
     (lambda a: a.update(image=a["image"][:1], label=a["label"][:1]), "at least 2 rows"),
     (lambda a: a["text"].__setitem__((2, 0), np.inf), "class 2 has NaN or Inf"),
     (lambda a: a["text"].__setitem__(1, 0.0), "class 1 is all zeros"),

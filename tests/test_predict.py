@@ -492,3 +492,9 @@ def test_predict_command_notes_outcomes_the_calibration_could_not_fit(tmp_path, 
     assert result.exit_code == 0, result.output
     assert set(json.loads(result.stdout)["predictions"]) == {"gain", "normalized_gain"}
     assert "note: no forgetting prediction: 0 task(s) have both iimm and forgetting" in result.stderr
+
+
+def test_a_binary_file_as_calibration_is_a_one_line_error(tmp_path):
+    (tmp_path / "task.npz").write_bytes(b"PK\x03\x04\xff\xfe binary")
+    with pytest.raises(InputError, match="is not a text file; pass a calibration JSON"):
+        Calibration.from_json(tmp_path / "task.npz")
