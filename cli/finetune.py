@@ -110,6 +110,8 @@ def finetune(extract, training, method, test_path, test_fraction, eval_paths, oo
     extract.check()
     cfg = training.config(extract.batch_size or TRAIN_BATCH_DEFAULT)
     options = training.method_options()
+    if options.train_blocks is not None and method != "attention":
+        raise InputError(f"--train-blocks chooses the blocks of --method attention; drop it for --method {method}")
     kw = extract.embed_kwargs()
     with TrainingProgress(method, enabled=progress) as bar:
         result = run_finetune(

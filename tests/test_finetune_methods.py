@@ -19,7 +19,7 @@ from fixtures_finetune import eva_config
 from fixtures_tiny import build_model, tiny_model_config
 from iimm.engine.errors import InputError
 from iimm.engine.finetune import METHODS, base_state_dict, learning_rate, trainable_parameters, tune_model
-from iimm.engine.finetune.methods import MethodOptions
+from iimm.engine.finetune.methods import MethodOptions, find_towers
 
 # family -> (config, image-block name pattern, text-block name pattern)
 FAMILIES = {
@@ -227,6 +227,10 @@ def test_attention_train_blocks_takes_the_first_k_blocks_of_each_tower():
     assert set(got) == {"visual.trunk.blocks.0.attn.qkv.weight", "visual.trunk.blocks.1.attn.qkv.weight",
                         "text.transformer.resblocks.0.attn.in_proj_weight",
                         "text.transformer.resblocks.1.attn.in_proj_weight"}
+    deepest = max(len(t.blocks) for t in find_towers(model))
+    with pytest.raises(InputError, match=f"--train-blocks {deepest + 1}, but the model's towers have .* pass at most "
+                                         f"{deepest}"):
+        trainable_parameters(fresh("siglip"), "attention", train_blocks=deepest + 1)
 
 
 @pytest.mark.parametrize("embed_dim,reduction", [(48, 5), (32, 4), (7, 16)])

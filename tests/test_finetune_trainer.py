@@ -326,3 +326,13 @@ def test_cli_bad_options_are_one_line_input_errors(tmp_path, one_patch_model, di
     res = CliRunner().invoke(finetune_command, args)
     assert isinstance(res.exception, InputError), res.output
     assert message in str(res.exception) and "\n" not in str(res.exception)
+
+
+def test_cli_refuses_train_blocks_for_another_method(tmp_path, one_patch_model, digits_png_dir, capsys):
+    from iimm.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", "--model", one_patch_model, "--data", str(digits_png_dir), "--method", "lora",
+              "--train-blocks", "1", "--test-fraction", "0.25", "--store", str(tmp_path / "s")])
+    assert exit_info.value.code == 2
+    assert "--train-blocks chooses the blocks of --method attention; drop it for --method lora" in capsys.readouterr().err

@@ -323,7 +323,11 @@ def tune_model(model: nn.Module, method: str, options: MethodOptions | None = No
                     if leaf == "bias" or leaf.endswith("_bias"):
                         p.requires_grad_(True)
     elif method == "attention":
-        for tower in towers:
+        deepest = max(len(t.blocks) for t in towers)
+        if options.train_blocks is not None and options.train_blocks > deepest:
+            raise InputError(f"--train-blocks {options.train_blocks}, but the model's towers have "
+                             f"{' and '.join(str(len(t.blocks)) for t in towers)} blocks; pass at most {deepest}")
+        for tower in towers:  # a shallower tower trains all of its blocks
             k = len(tower.blocks) if options.train_blocks is None else min(options.train_blocks, len(tower.blocks))
             for qual, block in tower.blocks[:k]:
                 for proj in attention_projections(block, qual):
