@@ -23,7 +23,11 @@ class TrainingProgress(ProgressBar):
 
     def __call__(self, stage: str, done: int, total: int, metrics: dict | None = None) -> None:
         m = metrics or {}
-        if stage == "setup":
+        if stage == "task":  # calibrate: the next (task, method) run
+            self.close()
+            self.method = f"{m['task']} ({m['method']})"
+            click.echo(f"iimm: run {done}/{total}: {m['task']} with {m['method']}", err=True)
+        elif stage == "setup":
             self.close()
             share = 100.0 * done / total if total else 0.0
             click.echo(f"iimm: {self.method}: {done:,} trainable parameters of {total:,} ({share:.3g}%); seed "

@@ -80,6 +80,7 @@ def calibrate(catalog: Catalog, model: str, methods: Sequence[str], *, pretraine
 
     A task's test images are its catalog `test` (a folder, or a split of its manifest), else a
     stratified `test_fraction` of its images (seeded by `split_seed`).
+    progress: as for `finetune`, plus ("task", k, runs, {"task", "method"}) before the k-th of the runs.
     """
     targets = catalog.targets
     if len(targets) < MIN_TASKS:
@@ -87,9 +88,12 @@ def calibrate(catalog: Catalog, model: str, methods: Sequence[str], *, pretraine
                          f"{MIN_TASKS} (probe_only datasets are only evaluated)")
     st = open_store(store)
     run = CalibrationRun()
-    for method in methods:
+    runs = len(methods) * len(targets)
+    for m, method in enumerate(methods):
         records = []
-        for ds in targets:
+        for t, ds in enumerate(targets):
+            if progress is not None:
+                progress("task", m * len(targets) + t + 1, runs, {"task": ds.name, "method": method})
             train, test = task_data(ds)
             held_out = None if test is not None or ds.test_split == "test" else test_fraction
             evals = [eval_task(o) for o in catalog.datasets if o.name != ds.name]

@@ -46,6 +46,8 @@ def test_calibrate_predict_screen(setup, tmp_path):
              "--backend", "torch", "--permutations", "0"]
     res = invoke(["calibrate", str(root / "catalog.toml"), "--model", model, *train, "-o", str(out), *common])
     assert res.exit_code == 0, res.output
+    assert "iimm: run 1/3: first with full" in res.stderr and "iimm: run 3/3: last with full" in res.stderr
+    assert "iimm: middle (full): " in res.stderr  # the parameter-count line names the task being trained
     cal = Calibration.from_json(out)
     assert cal.model == model and cal.method == "full" and sorted(cal.tasks) == ["first", "last", "middle"]
     assert (tmp_path / "cal" / "clip-full.png").read_bytes()[:4] == b"\x89PNG"
