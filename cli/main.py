@@ -2,32 +2,56 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from .. import __version__
-from ..engine.errors import IimmError
-from .bench import bench
-from .calibrate import calibrate_cmd
-from .collect import collect
-from .embed import embed
-from .finetune import finetune
-from .models_cmd import models
-from .predict import predict
-from .score import score
-from .screen import screen_cmd
+from ..errors import IimmError
+
+# name -> (module in iimm.cli, command object, one-line help). Commands import torch and the engine,
+# seconds of start-up, so they load when run; `iimm --help` and `--version` answer at once.
+COMMANDS = {
+    "score": ("score", "score", "Score a task's zero-shot embeddings (IIMM, silhouettes, zero-shot accuracy, ...)."),
+    "embed": ("embed", "embed", "Encode images with a model (no scoring) and print where the embeddings are."),
+    "models": ("models_cmd", "models", "List the models `--model` accepts."),
+    "finetune": ("finetune", "finetune", "Fine-tune a model on a task and record zero-shot vs fine-tuned accuracy, "
+                                         "forgetting and the scores."),
+    "calibrate": ("calibrate", "calibrate_cmd", "Fine-tune MODEL on every task of CATALOG with each --method and fit "
+                                                "IIMM → gain / forgetting."),
+    "screen": ("screen", "screen_cmd", "Score every dataset of CATALOG with every --model and rank them by predicted "
+                                       "gain."),
+    "predict": ("predict", "predict", "Predict fine-tuning gain and forgetting of a task from its IIMM."),
+    "collect": ("collect", "collect", "Flatten JSON results into one CSV: nested keys become dotted columns, one row "
+                                      "per object."),
+    "bench": ("bench", "bench", "Time class sums, cross reduce and the all-pairs pass per backend, beside the naive "
+                                "O(N²) peers."),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose commands are imported when one is run (or its own help is asked for)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attribute, _ = COMMANDS[name]
+        return getattr(importlib.import_module(f"{__package__}.{module}"), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, short) for name, (_, _, short) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="iimm")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 def cli(debug: bool) -> None:
     """iimm: how much will fine-tuning a vision-language model gain on a task, and what will it forget?"""
-
-
-for command in (score, embed, models, finetune, calibrate_cmd, screen_cmd, predict, collect, bench):
-    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -143,3 +144,19 @@ def test_an_unwritable_output_fails_before_any_work(tmp_path, npz, capsys, comma
 def test_model_names_are_checked_before_the_weights(tmp_path, capsys, model, message):
     code, _, stderr = run_main(["score", "--model", model, "--data", str(tmp_path)], capsys)
     assert code == 2 and message in stderr
+
+
+def test_the_command_list_loads_no_command_and_matches_each_commands_help():
+    """`iimm --help` / `--version` import neither torch nor a command; the list says what each command's help says."""
+    import subprocess
+    import sys
+
+    from iimm.cli.main import COMMANDS, cli
+
+    probe = ("import sys\nfrom click.testing import CliRunner\nfrom iimm.cli.main import cli\n"
+             "out = CliRunner().invoke(cli, ['--help']).output\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith('iimm.engine')))")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    ctx = click.Context(cli)
+    for name, (_, _, short) in COMMANDS.items():
+        assert cli.get_command(ctx, name).get_short_help_str(limit=500) == short, name
