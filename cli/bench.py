@@ -63,10 +63,14 @@ def parse_backends(text: str) -> list[str]:
               help="Largest N for scikit-learn's silhouette_score.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path, help="Write the result here instead of stdout.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path,
+              help="Write the result here instead of stdout.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def bench(n, d, c, backends, device, dtype, repeats, pair_n, naive_limit, sklearn_limit, seed, fmt, output, progress):
     """Time class sums, cross reduce and the all-pairs pass per backend, beside the naive O(N²) peers."""
+    from ..kernels import resolve_device
+
+    device = str(resolve_device(device))  # report the device that ran, not "auto"
     names = parse_backends(backends)
     if "torch" not in names:
         names.insert(0, "torch")

@@ -98,7 +98,8 @@ def _json_type(value) -> str:
 
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path, help="CSV file to write (default: stdout).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path,
+              help="CSV file to write (default: stdout).")
 @click.option("--source-column", metavar="NAME",
               help="Add a first column NAME holding the file each row came from.")
 def collect(files, output, source_column):

@@ -65,8 +65,8 @@ class ExtractOptions:
         template_file, template_set = _templates_source(self.templates)
         return dict(pretrained=self.pretrained, templates=list(self.template) or None, template_file=template_file,
                     template_set=template_set, classnames=self.classnames, split=self.split, domain=self.domain,
-                    batch_size=self.batch_size or ENCODE_BATCH_DEFAULT, workers=self.workers, dtype=self.dtype, store=self.store,
-                    use_cache=not self.no_cache, max_skip_frac=self.max_skip_frac)
+                    batch_size=self.batch_size or ENCODE_BATCH_DEFAULT, workers=self.workers, dtype=self.dtype,
+                    store=self.store, use_cache=not self.no_cache, max_skip_frac=self.max_skip_frac)
 
     def embed(self, device: str = "auto", progress=None):
         """Run `embed_dataset` with these options -> (EmbeddingSet, EmbedInfo)."""

@@ -99,7 +99,8 @@ def record_table(record: dict) -> str:
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--backend", default="auto", show_default=True, help="Backend of the zero-shot scores.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path, help="Write the result here instead of stdout.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path,
+              help="Write the result here instead of stdout.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars and epoch lines on stderr.")
 def finetune(extract, training, method, test_path, test_fraction, eval_paths, ood_val, task, resume, device,
              backend, fmt, output, progress):

@@ -73,7 +73,8 @@ def out_of_range_warning(report: dict, score_key: str = "iimm") -> str | None:
 @click.option("--level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.90,
               show_default=True, help="Coverage of the prediction intervals.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path, help="Write the result here instead of stdout.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path,
+              help="Write the result here instead of stdout.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), callback=writable_path,
               help="Also draw the calibration with this task marked, as a PNG.")
 @click.option("--backend", default="auto", show_default=True, help="auto, torch, numba or triton.")

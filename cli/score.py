@@ -58,7 +58,8 @@ def load_label_embeddings(path: str):
               help=f"Comma-separated keys or groups ({', '.join(METRIC_GROUPS)}): "
                    f"{', '.join([*SCORES, *TRANSFER_SCORES])}.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path, help="Write the result here instead of stdout.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path,
+              help="Write the result here instead of stdout.")
 @click.option("--backend", default="auto", show_default=True, help="auto, torch, numba or triton.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per chunk (default: about 128 MiB).")
@@ -74,8 +75,8 @@ def load_label_embeddings(path: str):
 @click.option("--label-embeddings", type=click.Path(dir_okay=False), multiple=True,
               help="Extra (C, D) .npy label embeddings for EMMS (repeatable); the class texts are always used.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
-def score(embeddings_path, label_column, extract, metrics, fmt, output, backend, device, chunk_rows, gensil_p, sample, seed,
-          quadratic_limit, logit_scale, baseline_sample, label_embeddings, progress):
+def score(embeddings_path, label_column, extract, metrics, fmt, output, backend, device, chunk_rows, gensil_p,
+          sample, seed, quadratic_limit, logit_scale, baseline_sample, label_embeddings, progress):
     """Score a task's zero-shot embeddings (IIMM, silhouettes, zero-shot accuracy, ...).
 
     Either --embeddings PATH, or --model M --data IMAGES (encoded once, then kept in the store).

@@ -38,29 +38,34 @@ def screen_table(result) -> str:
 
 @click.command("screen")
 @click.argument("catalog", type=click.Path(dir_okay=False))
-@click.option("--model", "models", multiple=True, required=True, help="Model alias or architecture (repeatable).")
+@click.option("--model", "models", multiple=True, required=True,
+              help="Model: an alias, an open_clip architecture, hf-hub:ORG/REPO or local-dir:PATH (repeatable).")
 @click.option("--pretrained", help="Weights for every --model that is a bare architecture.")
 @click.option("--calibration", "calibrations", multiple=True, type=click.Path(dir_okay=False),
               help="Calibration JSON from `iimm calibrate` (repeatable; matched to models by name).")
 @click.option("--metrics", default="iimm", show_default=True,
               help="Scores to compute besides iimm ('all' for every one).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path, help="Write the table/CSV/JSON here.")
-@click.option("--plot", type=click.Path(dir_okay=False), callback=writable_path, help="PNG chart (default: beside --output, same stem).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path,
+              help="Write the table/CSV/JSON here.")
+@click.option("--plot", type=click.Path(dir_okay=False), callback=writable_path,
+              help="PNG chart (default: beside --output, same stem).")
 @click.option("--backend", default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader workers (default: cores − 1).")
 @click.option("--store", type=click.Path(file_okay=False), envvar="IIMM_HOME",
               help="Embedding store [default: $IIMM_HOME, else ~/.cache/iimm].")
+@click.option("--max-skip-frac", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="Fail a dataset when more than this fraction of its images cannot be read.")
 @click.option("--include-probes", is_flag=True, help="Also screen the catalog's probe-only datasets.")
 def screen_cmd(catalog, models, pretrained, calibrations, metrics, fmt, output, plot, backend, device, batch_size,
-               workers, store, include_probes):
+               workers, store, max_skip_frac, include_probes):
     """Score every dataset of CATALOG with every --model and rank them by predicted gain."""
     cat = load_catalog(catalog)
     cals = [Calibration.from_json(c) for c in calibrations]
     keys = None if metrics == "all" else [k for k in metrics.split(",") if k.strip()]
-    embed_options = {"batch_size": batch_size, "workers": workers, "store": store}
+    embed_options = {"batch_size": batch_size, "workers": workers, "store": store, "max_skip_frac": max_skip_frac}
 
     def on_failure(dataset, model, message):
         click.echo(f"iimm: {dataset} × {model} failed: {message}", err=True)

@@ -78,8 +78,8 @@ class ModelSpec:
     def fingerprint(self) -> str:
         import open_clip
 
-        weights_id = (file_fingerprint(self.checkpoint, self.hash_memo) if self.checkpoint else
-                      f"random-init:seed={RANDOM_INIT_SEED}:torch={torch.__version__}:open_clip={open_clip.__version__}")
+        random_init = f"random-init:seed={RANDOM_INIT_SEED}:torch={torch.__version__}:open_clip={open_clip.__version__}"
+        weights_id = file_fingerprint(self.checkpoint, self.hash_memo) if self.checkpoint else random_init
         return "sha256:" + hash_json({"model_cfg": self.model_cfg, "weights": weights_id})
 
 

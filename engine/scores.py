@@ -114,8 +114,8 @@ def resolve_keys(keys: Iterable[str] | str | None) -> list[str]:
         raise InputError(f"no metric requested; pass --metrics all or some of: {', '.join(names)}")
     unknown = [k for k in keys if k not in names]
     if unknown:
-        hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, names, n=1)) else repr(k)
-                 for k in unknown]
+        close = {k: difflib.get_close_matches(k, names, n=1) for k in unknown}
+        hints = [f"{k!r} (did you mean {close[k][0]!r}?)" if close[k] else repr(k) for k in unknown]
         raise InputError(f"unknown metric{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; valid keys: "
                          f"{', '.join(names)}")
     wanted: set[str] = set()

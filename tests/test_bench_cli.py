@@ -66,6 +66,12 @@ def test_cli_json_has_every_backend_row():
     assert all(r["seconds"] is None and r["note"].startswith("skipped") for r in triton_rows)
 
 
+def test_cli_reports_the_device_that_ran():
+    args = [a for a in SMALL if a not in ("--device", "cpu")] + ["--backends", "torch", "--format", "json"]
+    payload = json.loads(CliRunner().invoke(bench, args).output)
+    assert payload["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def test_cli_table_to_file_is_written_whole(tmp_path):
     out = tmp_path / "bench.txt"
     result = CliRunner().invoke(bench, SMALL + ["--backends", "torch", "--output", str(out)])

@@ -122,7 +122,8 @@ def test_an_unreadable_other_task_fails_the_same_way_every_time(tmp_path, one_pa
 
 def test_a_diverging_run_stops_with_one_line_and_saves_nothing(tmp_path, one_patch_model, digits_png_dir):
     cfg = TrainConfig(epochs=2, lr=1e9, optimizer="sgd", batch_size=16, val_fraction=0.0)
-    with pytest.raises(InputError, match=r"training loss became NaN or Inf \(seed 0, epoch 1, by step \d+\); lower --lr"):
+    diverged = r"training loss became NaN or Inf \(seed 0, epoch 1, by step \d+\); lower --lr"
+    with pytest.raises(InputError, match=diverged):
         finetune(one_patch_model, str(digits_png_dir), "full", config=cfg, test_fraction=0.25,
                  store=tmp_path / "store", progress=lambda *a: None, **FAST)
     assert not list((tmp_path / "store" / "finetune").rglob("*.safetensors"))
