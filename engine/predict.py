@@ -313,10 +313,22 @@ def predict(calibration: Calibration, score: float, level: float = 0.90,
         raise InputError(f"interval level {level} is not between 0 and 1; use e.g. 0.90 for a 90% interval")
     if key not in calibration.fits:
         raise InputError(f"calibration has no fits on {key}; fitted scores: {', '.join(calibration.fits)}")
-    outcomes = {o: OutcomePrediction(*f.interval(float(score), level)) for o, f in calibration.fits[key].items()}
+    outcomes = {o: _within_possible(o, *f.interval(float(score), level)) for o, f in calibration.fits[key].items()}
     values = [p.scores[key] for p in calibration.points if key in p.scores]
     lo, hi = float(min(values)), float(max(values))
     return Prediction(key, float(score), lo <= score <= hi, (lo, hi), level, outcomes)
+
+
+# What an outcome can be, accuracies being fractions: a gain or a change in accuracy lies in [-1, 1]; a
+# normalised gain, (ft - zs) / (1 - zs), is at most 1.
+POSSIBLE = {"gain": (-1.0, 1.0), "forgetting": (-1.0, 1.0), "normalized_gain": (-math.inf, 1.0)}
+
+
+def _within_possible(outcome: str, value: float, low: float, high: float) -> OutcomePrediction:
+    """The fit's prediction with its interval (and value) cut to what the outcome can be: the truncated interval
+    still covers at least as often, and a bound like a gain of 1.02 is never shown."""
+    lo, hi = POSSIBLE.get(outcome, (-math.inf, math.inf))
+    return OutcomePrediction(*(min(max(v, lo), hi) for v in (value, low, high)))
 
 
 def rank_correlations(records: Sequence, score_keys: Sequence[str], outcomes: Sequence[str] = OUTCOMES,

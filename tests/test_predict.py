@@ -498,3 +498,16 @@ def test_a_binary_file_as_calibration_is_a_one_line_error(tmp_path):
     (tmp_path / "task.npz").write_bytes(b"PK\x03\x04\xff\xfe binary")
     with pytest.raises(InputError, match="is not a text file; pass a calibration JSON"):
         Calibration.from_json(tmp_path / "task.npz")
+
+
+def test_predictions_stay_within_what_an_outcome_can_be():
+    """Far out on the fit line a gain would pass 1 and a forgetting -1: both are cut to the possible range."""
+    cal = fit_calibration(make_records(), "clip", "lora", permutations=0)
+    far = predict(cal, 5.0)
+    gain_fit = cal.fit("gain")
+    assert gain_fit.intercept + gain_fit.slope * 5.0 > 1.0  # the raw line is impossible there
+    assert far.outcomes["gain"].value == far.outcomes["gain"].high == 1.0 and far.outcomes["gain"].low <= 1.0
+    assert far.outcomes["forgetting"].low == -1.0 and far.outcomes["normalized_gain"].high == 1.0
+    near = predict(cal, 0.3)
+    raw = gain_fit.interval(0.3, 0.90)
+    assert (near.outcomes["gain"].value, near.outcomes["gain"].low, near.outcomes["gain"].high) == raw
