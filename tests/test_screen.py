@@ -114,3 +114,17 @@ def test_calibrated_rows_rank_before_uncalibrated_ones():
 
     rows = [row("a", "m2", 0.9), row("b", "m1", 0.5, gain=0.02), row("c", "m1", 0.6, gain=0.08), row("d", "m2", 0.7)]
     assert [r.dataset for r in ScreenResult(rows, []).ranked] == ["c", "b", "a", "d"]
+
+
+def test_unmatched_calibrations_and_uncalibrated_models_are_noted(catalog, tiny_model_dir, tmp_path):
+    from test_predict import make_records
+
+    from iimm.engine.predict import fit_calibration
+
+    model = f"local-dir:{tiny_model_dir}"
+    other = fit_calibration(make_records(model="some-other-model"), "some-other-model", "lora", permutations=0)
+    result = screen(load_catalog(catalog), [model], calibrations=[other], backend="torch",
+                    embed_options={"workers": 0, "store": tmp_path / "store"})
+    assert result.notes == ["calibration some-other-model/lora matches no --model; it was not used",
+                            f"{model} has no calibration: its rows are ranked by IIMM, after the calibrated ones"]
+    assert all(not r.predictions for r in result.rows)
