@@ -96,13 +96,16 @@ def record_table(record: dict) -> str:
               help="Out-of-domain validation images with the training classes (for --select-on ood).")
 @click.option("--task", help="Task name in the record [default: the name of --data].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run with the same settings.")
+@click.option("--reuse", is_flag=True,
+              help="Print the stored record of a finished run with the same settings and --eval tasks instead of "
+                   "training again.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--backend", default="auto", show_default=True, help="Backend of the zero-shot scores.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path,
               help="Write the result here instead of stdout.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars and epoch lines on stderr.")
-def finetune(extract, training, method, test_path, test_fraction, eval_paths, ood_val, task, resume, device,
+def finetune(extract, training, method, test_path, test_fraction, eval_paths, ood_val, task, resume, reuse, device,
              backend, fmt, output, progress):
     """Fine-tune a model on a task and record zero-shot vs fine-tuned accuracy, forgetting and the scores.
 
@@ -125,7 +128,7 @@ def finetune(extract, training, method, test_path, test_fraction, eval_paths, oo
             templates=kw["templates"], template_file=kw["template_file"], template_set=kw["template_set"],
             classnames=kw["classnames"], split=kw["split"], domain=kw["domain"], task=task, seeds=training.seeds,
             seed=training.seed, split_seed=training.split_seed, device=device, workers=kw["workers"],
-            store=kw["store"], resume=resume,
+            store=kw["store"], resume=resume, reuse=reuse,
             embed_options={"dtype": kw["dtype"], "use_cache": kw["use_cache"], "max_skip_frac": kw["max_skip_frac"],
                            "batch_size": kw["batch_size"]},
             score_backend=backend, progress=bar)

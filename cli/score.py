@@ -8,7 +8,7 @@ import numpy as np
 from ..engine import load_embeddings, score as score_embeddings
 from ..engine.errors import InputError
 from ..engine.scores import DEFAULT_QUADRATIC_LIMIT, METRIC_GROUPS, SCORES
-from ..engine.transfer import DEFAULT_BASELINE_SAMPLE, TRANSFER_SCORES
+from ..engine.transfer import DEFAULT_BASELINE_SAMPLE, TRANSFER_ALIASES, TRANSFER_SCORES
 from ..engine.store import open_store
 from .extract_options import extraction_options
 from .progress import ProgressBar
@@ -55,7 +55,7 @@ def load_label_embeddings(path: str):
                                      "[default: label, else the image's folder].")
 @extraction_options
 @click.option("--metrics", default="all", show_default=True,
-              help=f"Comma-separated keys or groups ({', '.join(METRIC_GROUPS)}): "
+              help=f"Comma-separated keys or groups ({', '.join([*METRIC_GROUPS, *TRANSFER_ALIASES])}): "
                    f"{', '.join([*SCORES, *TRANSFER_SCORES])}.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path,

@@ -314,6 +314,10 @@ def test_cli_prints_the_parameter_count_and_one_json_record(tmp_path, one_patch_
     table = CliRunner().invoke(finetune_command, args[:-2] + ["--batch-size", "32"],
                                catch_exceptions=False)
     assert table.exit_code == 0 and "fine-tuned accuracy" in table.stdout and "probe: 330 trainable" in table.stdout
+    # --reuse: the same settings give the stored record, without training (no parameter-count line)
+    again = CliRunner().invoke(finetune_command, args + ["--reuse"], catch_exceptions=False)
+    assert again.exit_code == 0 and json.loads(again.stdout)["run_id"] == record["run_id"]
+    assert json.loads(again.stdout)["created"] == record["created"] and "trainable parameters" not in again.stderr
 
 
 @pytest.mark.parametrize("extra,message", [
