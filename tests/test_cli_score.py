@@ -161,3 +161,14 @@ def test_the_command_list_loads_no_command_and_matches_each_commands_help():
     ctx = click.Context(cli)
     for name, (_, _, short) in COMMANDS.items():
         assert cli.get_command(ctx, name).get_short_help_str(limit=500) == short, name
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["score", "--format", "xml"], "iimm: error: Invalid value for '--format': 'xml' is not one of 'table', 'json', "
+                                   "'csv'. (see `iimm score --help`)"),
+    (["bogus"], "iimm: error: No such command 'bogus'. (see `iimm --help`)"),
+    (["calibrate"], "iimm: error: Missing argument 'CATALOG'. (see `iimm calibrate --help`)"),
+])
+def test_usage_errors_are_one_line(capsys, argv, message):
+    code, stdout, stderr = run_main(argv, capsys)
+    assert code == 2 and stdout == "" and stderr.strip() == message
