@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=args, prog_name="iimm", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except getattr(click.exceptions, "NoArgsIsHelpError", ()) as exc:  # a bare `iimm`: its help, not an error
+        exc.show()
+        sys.exit(exc.exit_code)
     except click.UsageError as exc:  # one line, like every other user error
         command = exc.ctx.command_path if exc.ctx is not None else "iimm"
         click.echo(f"iimm: error: {exc.format_message()} (see `{command} --help`)", err=True)

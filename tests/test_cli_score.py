@@ -172,3 +172,8 @@ def test_the_command_list_loads_no_command_and_matches_each_commands_help():
 def test_usage_errors_are_one_line(capsys, argv, message):
     code, stdout, stderr = run_main(argv, capsys)
     assert code == 2 and stdout == "" and stderr.strip() == message
+
+
+def test_a_bare_iimm_prints_its_help(capsys):
+    code, stdout, stderr = run_main([], capsys)
+    assert "Commands:" in stdout + stderr and "iimm: error" not in stdout + stderr

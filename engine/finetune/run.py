@@ -78,7 +78,7 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
         raise InputError(f"{splits.pool.root} has {len(names)} class; fine-tuning a classifier needs at least 2")
     others = _eval_sets(evals)
     task = task or _name_of(data)
-    config_key = {"format": 1, "model": spec.fingerprint, "architecture": spec.architecture,
+    config_key = {"format": 2, "model": spec.fingerprint, "architecture": spec.architecture,
                   "preprocess": spec.preprocess_cfg, "method": method,
                   "options": options.relevant(method), "train": asdict(cfg), "pool": splits.pool.fingerprint(),
                   "train_images": splits.train.fingerprint(), "val": splits.val.fingerprint() if splits.val else None,
@@ -115,7 +115,7 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
     zs_cls = class_embeddings(zero_shot, tokens, len(names))
 
     def zero_shot_accuracy(ds: ImageDataset, templates: list[str], cls: Callable[[], torch.Tensor], stage: str):
-        key = {"format": 1, **versions, "model": spec.fingerprint, "preprocess": spec.preprocess_cfg,
+        key = {"format": 2, **versions, "model": spec.fingerprint,  # 2: logits in fp32 under autocast "preprocess": spec.preprocess_cfg,
                "data": ds.fingerprint(), "classnames": ds.classnames, "templates": templates,
                "compute": encode_dtype(dev), "batch_size": eval_batch}
         hit = memo.get_result("zeroshot_accuracy", key) if memo else None

@@ -180,7 +180,7 @@ def train_seed(tuned, train_ds: ImageDataset, val_ds: ImageDataset | None, token
             num_workers=workers, collate_fn=collate_skipping, pin_memory=device.type == "cuda")
         tuned.train()
         # running sums stay on the device: reading them every step would wait for the GPU three times a step
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        loss_sum = torch.zeros((), dtype=torch.float64 if device.type != "mps" else torch.float32, device=device)
         hits = torch.zeros((), dtype=torch.int64, device=device)
         finite = torch.ones((), dtype=torch.bool, device=device)
         seen, reported = 0, time.perf_counter()
@@ -201,7 +201,7 @@ def train_seed(tuned, train_ds: ImageDataset, val_ds: ImageDataset | None, token
             scaler.update()
             state.step += 1
             finite &= torch.isfinite(loss.detach())
-            loss_sum += loss.detach().double() * len(labels)
+            loss_sum += loss.detach().to(loss_sum.dtype) * len(labels)
             hits += (logits.argmax(dim=1) == labels).sum()
             seen += len(labels)
             last = batch + 1 == steps_per_epoch
