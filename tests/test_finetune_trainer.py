@@ -341,3 +341,13 @@ def test_cli_refuses_train_blocks_for_another_method(tmp_path, one_patch_model, 
               "--train-blocks", "1", "--test-fraction", "0.25", "--store", str(tmp_path / "s")])
     assert exit_info.value.code == 2
     assert "--train-blocks chooses the blocks of --method attention; drop it for --method lora" in capsys.readouterr().err
+
+
+def test_too_deep_train_blocks_fail_before_any_image_is_encoded(tmp_path, one_patch_model, digits_png_dir,
+                                                                 monkeypatch):
+    import iimm.engine.extract as extract_mod
+
+    monkeypatch.setattr(extract_mod, "embed_dataset", lambda *a, **kw: pytest.fail("images were encoded"))
+    with pytest.raises(InputError, match="--train-blocks 5, but the model's towers have 2 and 2 blocks"):
+        finetune(one_patch_model, str(digits_png_dir), "attention", options=MethodOptions(train_blocks=5),
+                 test_fraction=0.25, store=tmp_path / "s", **FAST)

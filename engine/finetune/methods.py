@@ -100,6 +100,18 @@ def check_method(method: str) -> str:
     return method
 
 
+def check_train_blocks(options: MethodOptions, model_cfg: dict) -> None:
+    """Refuse --train-blocks deeper than both towers, from the open_clip config, before any work (timm or HF
+    towers give no depth there; `tune_model` checks those once the model is built)."""
+    depths = [cfg.get("layers") for cfg in (model_cfg.get("vision_cfg", {}), model_cfg.get("text_cfg", {}))]
+    if options.train_blocks is None or not all(isinstance(d, int) for d in depths):
+        return
+    deepest = max(depths)
+    if options.train_blocks > deepest:
+        raise InputError(f"--train-blocks {options.train_blocks}, but the model's towers have "
+                         f"{' and '.join(map(str, depths))} blocks; pass at most {deepest}")
+
+
 def find_towers(model: nn.Module) -> list[Tower]:
     """The image and text towers of an open_clip model with their transformer blocks."""
     if not isinstance(getattr(model, "visual", None), nn.Module):

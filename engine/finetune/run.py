@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..files import write_json_atomic
 from ..store import open_store
 from .evaluate import accuracy, class_embeddings, prompt_tokens, summarize_seeds
-from .methods import MethodOptions, TunedModel, check_method, tune_model
+from .methods import MethodOptions, TunedModel, check_method, check_train_blocks, tune_model
 from .records import finetune_root, index_record, read_record, run_id_of, seed_dir, write_record
 from .subsets import few_shot_subset, split_task, subset
 from .trainer import SeedResult, TrainConfig, train_seed
@@ -69,6 +69,8 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
     workers = default_workers() if workers is None else workers
     st = open_store(store)
     spec = resolve_model(model, pretrained, hash_memo=st.hash_memo())
+    if method == "attention":
+        check_train_blocks(options, spec.model_cfg)
     prompts = resolve_templates(templates, template_file, template_set)
     splits = split_task(data, classnames=classnames, test=test, test_fraction=test_fraction,
                         val_fraction=cfg.val_fraction, train_split=split, domain=domain, ood_val=ood_val,
