@@ -100,22 +100,21 @@ def test_jsonl_manifest_integer_labels_with_classnames_list(tmp_path):
     assert plain.class_keys == ["0", "2"] and [it.label for it in plain.items] == [1, 0]
 
 
-def test_manifest_errors(tmp_path):
-    (tmp_path / "m.csv").write_text("file,label\nx.png,a\n")
-    with pytest.raises(InputError, match="lacks column.*path"):
-        load_image_dataset(tmp_path / "m.csv")
-    (tmp_path / "e.csv").write_text("path,label\nx.png,\n")
-    with pytest.raises(InputError, match="row 1"):
-        load_image_dataset(tmp_path / "e.csv")
-    (tmp_path / "b.jsonl").write_text('{"path": "x.png", "label": "a"}\n{oops\n')
-    with pytest.raises(InputError, match="b.jsonl:2"):
-        load_image_dataset(tmp_path / "b.jsonl")
-    (tmp_path / "x.txt").write_text("hi")
-    with pytest.raises(InputError, match="neither a folder"):
-        load_image_dataset(tmp_path / "x.txt")
-    with pytest.raises(InputError, match="data not found"):
-        load_image_dataset(tmp_path / "missing")
-    (tmp_path / "flat").mkdir()
+@pytest.mark.parametrize("name,content,match", [
+    ("m.csv", "file,label\nx.png,a\n", "lacks column.*path"),
+    ("e.csv", "path,label\nx.png,\n", "row 1"),
+    ("b.jsonl", '{"path": "x.png", "label": "a"}\n{oops\n', "b.jsonl:2"),
+    ("x.txt", "hi", "neither a folder"),
+    ("missing", None, "data not found"),
+])
+def test_manifest_errors(tmp_path, name, content, match):
+    if content is not None:
+        (tmp_path / name).write_text(content)
+    with pytest.raises(InputError, match=match):
+        load_image_dataset(tmp_path / name)
+
+
+def test_folder_errors(tmp_path):
     _png(tmp_path / "flat" / "a.png")
     with pytest.raises(InputError, match="no class subfolders"):
         load_image_dataset(tmp_path / "flat")
