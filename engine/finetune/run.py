@@ -117,7 +117,8 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
     zs_cls = class_embeddings(zero_shot, tokens, len(names))
 
     def zero_shot_accuracy(ds: ImageDataset, templates: list[str], cls: Callable[[], torch.Tensor], stage: str):
-        key = {"format": 2, **versions, "model": spec.fingerprint,  # 2: logits in fp32 under autocast "preprocess": spec.preprocess_cfg,
+        # format 2: logits in fp32 under autocast
+        key = {"format": 2, **versions, "model": spec.fingerprint, "preprocess": spec.preprocess_cfg,
                "data": ds.fingerprint(), "classnames": ds.classnames, "templates": templates,
                "compute": encode_dtype(dev), "batch_size": eval_batch}
         hit = memo.get_result("zeroshot_accuracy", key) if memo else None
