@@ -14,7 +14,7 @@ import click
 
 from ..engine.data import list_template_sets
 from ..engine.errors import InputError
-from ..engine.models import MODEL_ALIASES, RANDOM_WEIGHTS
+from ..engine.models import MODEL_ALIASES, RANDOM_WEIGHTS, builtin_model_config
 from .option_group import option_group
 
 ENCODE_BATCH_DEFAULT = 64
@@ -50,11 +50,7 @@ class ExtractOptions:
             raise InputError(f"{missing} is missing; images are encoded with --model M --data PATH together")
         name = self.model or ""
         if name and name not in MODEL_ALIASES and not name.startswith(("hf-hub:", "local-dir:")):
-            import open_clip
-
-            if open_clip.get_model_config(name.replace("/", "-")) is None:
-                raise InputError(f"unknown model {name!r}; use an alias ({', '.join(MODEL_ALIASES)}), an open_clip "
-                                 f"architecture (list them with `iimm models`), hf-hub:ORG/REPO or local-dir:PATH")
+            builtin_model_config(name)
         if (name not in MODEL_ALIASES and not name.startswith(("hf-hub:", "local-dir:"))
                 and self.pretrained is None):
             raise InputError(f"--model {name} names an architecture without weights; pass --pretrained TAG (see "

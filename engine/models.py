@@ -145,14 +145,10 @@ def resolve_model(name: str, pretrained: str | None = None, *,
         model_cfg, preprocess_overlay, checkpoint = _resolve_hf_hub(name, identifier)
         pretrained = identifier
     else:
-        model_cfg = open_clip.get_model_config(architecture.replace("/", "-"))
-        if model_cfg is None:
-            raise InputError(f"unknown model {name!r}; use an alias ({', '.join(MODEL_ALIASES)}), an open_clip "
-                             f"architecture (list them with `iimm models`), hf-hub:ORG/REPO or local-dir:PATH")
+        model_cfg = builtin_model_config(architecture, name)
         architecture = architecture.replace("/", "-")
-        preprocess_overlay, checkpoint = _resolve_builtin_weights(name, architecture, pretrained)
-        trained_as = _trained_as(name, architecture, pretrained, checkpoint)
-        preprocess_overlay = preprocess_overlay or trained_as
+        checkpoint = _resolve_builtin_weights(name, architecture, pretrained)
+        preprocess_overlay = trained_as = _trained_as(name, architecture, pretrained, checkpoint)
         if trained_as.get("quick_gelu"):  # e.g. the openai tags: open_clip's plain config says GELU
             model_cfg = {**model_cfg, "quick_gelu": True}
     preprocess_cfg = _final_preprocess_cfg(model_cfg, preprocess_overlay)
@@ -221,7 +217,7 @@ def encode_images(lm: LoadedModel, images: torch.Tensor) -> torch.Tensor:
     Runs without gradients; on CUDA with fp32 weights it runs under autocast (bf16 where supported).
     """
     with torch.no_grad(), _autocast(lm):
-        x = images.to(lm.device, dtype=_input_dtype(lm), non_blocking=True)
+        x = images.to(lm.device, dtype=PRECISION_DTYPES[lm.precision], non_blocking=True)
         return lm.model.encode_image(x, normalize=False).float()
 
 
@@ -266,7 +262,10 @@ def file_fingerprint(path: str | os.PathLike, memo: MutableMapping[str, str] | N
     p = Path(path).resolve()
     st = p.stat()
     key = f"{p}:{st.st_size}:{st.st_mtime_ns}"
-    digest = (memo.get(key) if memo is not None else None) or _HASH_MEMO.get(key)
+    digest = _HASH_MEMO.get(key)
+    stored = memo.get(key) if memo is not None else None
+    if digest is None:
+        digest = stored
     if digest is None:
         h = hashlib.sha256()
         with open(p, "rb") as f:
@@ -274,7 +273,7 @@ def file_fingerprint(path: str | os.PathLike, memo: MutableMapping[str, str] | N
                 h.update(block)
         digest = "sha256:" + h.hexdigest()
     _HASH_MEMO[key] = digest
-    if memo is not None and memo.get(key) != digest:
+    if memo is not None and stored != digest:
         memo[key] = digest
     return digest
 
@@ -320,11 +319,23 @@ def _resolve_hf_hub(name: str, repo: str) -> tuple[dict, dict, str]:
     return config["model_cfg"], config.get("preprocess_cfg", {}), checkpoint
 
 
-def _resolve_builtin_weights(name: str, architecture: str, pretrained: str | None) -> tuple[dict, str | None]:
+def builtin_model_config(architecture: str, name: str | None = None) -> dict:
+    """open_clip's config of a built-in architecture (`/` or `-` spelt); an unknown name is an InputError."""
+    import open_clip
+
+    model_cfg = open_clip.get_model_config(architecture.replace("/", "-"))
+    if model_cfg is None:
+        raise InputError(f"unknown model {name or architecture!r}; use an alias ({', '.join(MODEL_ALIASES)}), an "
+                         f"open_clip architecture (list them with `iimm models`), hf-hub:ORG/REPO or local-dir:PATH")
+    return model_cfg
+
+
+def _resolve_builtin_weights(name: str, architecture: str, pretrained: str | None) -> str | None:
+    """The local weights file of a tag (downloaded when needed) or of a file path; None for random weights."""
     import open_clip
 
     if pretrained is None:
-        return {}, None
+        return None
     from .model_catalog import is_cached
 
     tag_cfg = open_clip.get_pretrained_cfg(architecture, pretrained)
@@ -338,9 +349,9 @@ def _resolve_builtin_weights(name: str, architecture: str, pretrained: str | Non
                 checkpoint = open_clip.download_pretrained(tag_cfg)
         except Exception as exc:  # network / offline / missing-file errors of urllib and huggingface_hub
             raise _unavailable(name, what, exc) from exc
-        return tag_cfg, checkpoint
+        return checkpoint
     if os.path.isfile(pretrained):
-        return {}, pretrained
+        return pretrained
     tags = open_clip.list_pretrained_tags_by_model(architecture)
     raise InputError(f"--pretrained {pretrained!r} is neither a weights file nor a tag of {architecture}; "
                      f"tags: {', '.join(tags) or 'none'} (or 'random' for random weights)")
@@ -418,11 +429,13 @@ def read_state_dict(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
     return ckpt
 
 
+PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def _to_device_precision(model: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
-    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision not in dtypes:
+    if precision not in PRECISION_DTYPES:
         raise ValueError(f"unknown precision {precision!r}")
-    return model.to(device=device, dtype=dtypes[precision])
+    return model.to(device=device, dtype=PRECISION_DTYPES[precision])
 
 
 def _tokenizer(spec: ModelSpec) -> Callable:
@@ -445,15 +458,11 @@ def _quiet_open_clip():
         logging.disable(previous)
 
 
-def _input_dtype(lm: LoadedModel) -> torch.dtype:
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(lm.precision, torch.float32)
-
-
 def encode_dtype(device: torch.device, precision: str = "fp32") -> str:
     """What encoding computes in: fp32 weights on CUDA run under bf16 autocast (fp16 without native bf16)."""
     if device.type == "cuda" and precision == "fp32":
         return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
-    return {"fp16": "float16", "bf16": "bfloat16"}.get(precision, "float32")
+    return str(PRECISION_DTYPES[precision]).removeprefix("torch.")
 
 
 def _autocast(lm: LoadedModel):
