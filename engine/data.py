@@ -16,7 +16,7 @@ import json
 import os
 import re
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -57,6 +57,7 @@ class ImageDataset:
     items: list[ImageItem]
     classnames: list[str]
     class_keys: list[str]
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -86,7 +87,15 @@ class ImageDataset:
         return replace(self, items=items)
 
     def fingerprint(self) -> str:
-        """sha256 over every item's path, size, mtime, label, split and domain, and the class keys."""
+        """sha256 over every item's path, size, mtime, label, split and domain, and the class keys.
+
+        Computed (one stat per image) on the first call; `select`/`replace` make new datasets that compute
+        their own."""
+        if self._fingerprint is None:
+            self._fingerprint = self._compute_fingerprint()
+        return self._fingerprint
+
+    def _compute_fingerprint(self) -> str:
         h = hashlib.sha256()
         h.update(json.dumps({"root": str(Path(self.root).resolve()), "classes": self.class_keys}).encode())
         for it in self.items:
