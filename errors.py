@@ -9,6 +9,11 @@ class InputError(IimmError):
     """Bad embeddings, labels, files or options."""
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (for reports of one task among many that failed)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def bad_row_error(index: int, row) -> InputError:
     """The one-line error for image row `index`, which is all zeros or holds NaN/Inf."""
     import numpy as np

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 from .catalog import Catalog, Dataset
 from .data import ImageDataset, load_image_dataset, resolve_templates
-from .errors import InputError
+from .errors import InputError, one_line
 from .finetune import EvalTask, MethodOptions, TrainConfig, finetune
 from .predict import MIN_TASKS, Calibration, fit_calibration
 from .store import Store, open_store
@@ -107,7 +107,7 @@ def calibrate(catalog: Catalog, model: str, methods: Sequence[str], *, pretraine
                                   workers=workers, store=st, score_backend=score_backend, reuse=True, resume=True,
                                   progress=progress)
             except Exception as exc:  # noqa: BLE001 - one task's failure is reported, the others go on
-                message = " ".join(str(exc).split()) or type(exc).__name__
+                message = one_line(exc)
                 run.failures.append((ds.name, method, message))
                 if on_failure:
                     on_failure(ds.name, method, message)

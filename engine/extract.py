@@ -61,7 +61,7 @@ class EmbedInfo:
     meta: dict = field(default_factory=dict, repr=False)
 
 
-def embed_dataset(model: str, data, *, pretrained: str | None = None, templates=None, template_file=None,
+def embed_dataset(model: str | ModelSpec, data, *, pretrained: str | None = None, templates=None, template_file=None,
                   template_set: str | None = None, classnames=None, split: str | None = None,
                   domain: str | None = None, batch_size: int = 64, workers: int | None = None,
                   device: str | torch.device = "auto", dtype: str = "fp16", store=None, use_cache: bool = True,
@@ -70,6 +70,8 @@ def embed_dataset(model: str, data, *, pretrained: str | None = None, templates=
                   models: ModelPool | None = None) -> tuple[EmbeddingSet, EmbedInfo]:
     """Encode a labelled image dataset with a model; reuse the store's embeddings when they exist.
 
+    model: a model name (see `resolve_model`), or the `ModelSpec` a caller already resolved (then
+        `pretrained` is ignored).
     data: a class-per-folder tree, a .csv/.jsonl manifest, or an `ImageDataset`.
     store: None (the default store root), a path, or a `Store`; ignored when use_cache is False.
     dtype: "fp16" or "fp32", how image rows are kept.
@@ -82,7 +84,8 @@ def embed_dataset(model: str, data, *, pretrained: str | None = None, templates=
     ds = data if isinstance(data, ImageDataset) else load_image_dataset(data, classnames, split, domain)
     prompts = resolve_templates(templates, template_file, template_set)
     st = open_store(store) if use_cache else None
-    spec = resolve_model(model, pretrained, hash_memo=st.hash_memo() if st else None)
+    spec = model if isinstance(model, ModelSpec) else resolve_model(model, pretrained,
+                                                                    hash_memo=st.hash_memo() if st else None)
     run = _Run(spec, ds, prompts, dtype, batch_size, workers, device, max_skip_frac, progress, models)
     if st is None:
         es, info = run.in_memory(shard_rows)

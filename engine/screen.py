@@ -12,7 +12,8 @@ from typing import Callable, Sequence
 
 from .catalog import Catalog, Dataset
 from .extract import embed_dataset
-from .models import ModelPool, resolve_model
+from .errors import one_line
+from .models import ModelPool, ModelSpec, resolve_model
 from .predict import Calibration, predict
 from .scores import score
 from .store import open_store
@@ -100,29 +101,29 @@ def screen(catalog: Catalog, models: Sequence[str], *, calibrations: Sequence[Ca
     if calibrations:
         result.notes += [f"{m} has no calibration: its rows are ranked by IIMM, after the calibrated ones"
                          for m in models if m not in calibrated]
-    store = (embed_options or {}).get("store")
+    embed_options = embed_options or {}
+    store = embed_options.get("store")
+
+    def failed(dataset: str, model: str, exc: Exception) -> None:
+        result.failures.append((dataset, model, one_line(exc)))
+        if on_failure:
+            on_failure(dataset, model, one_line(exc))
+
     for model in models:
-        try:  # a model that cannot be found fails once, not once per dataset
-            resolve_model(model, pretrained, hash_memo=None if (embed_options or {}).get("use_cache") is False
-                          else open_store(store).hash_memo())
+        try:  # resolved once: a model that cannot be found fails once, not once per dataset
+            spec = resolve_model(model, pretrained, hash_memo=None if embed_options.get("use_cache") is False
+                                 else open_store(store).hash_memo())
         except Exception as exc:  # noqa: BLE001 - one model's failure is reported, the others go on
-            message = " ".join(str(exc).split()) or type(exc).__name__
-            result.failures.append((ALL_DATASETS, model, message))
-            if on_failure:
-                on_failure(ALL_DATASETS, model, message)
+            failed(ALL_DATASETS, model, exc)
             continue
         pool = ModelPool()  # loaded on the first dataset not in the store, then shared by the rest
         for ds in datasets:
             try:
-                result.rows.append(screen_one(ds, model, calibrations, pretrained=pretrained, keys=keys,
-                                              backend=backend, device=device,
-                                              embed_options={"models": pool, **(embed_options or {})},
+                result.rows.append(screen_one(ds, spec, calibrations, keys=keys, backend=backend, device=device,
+                                              embed_options={"models": pool, **embed_options},
                                               level=level, progress=progress))
             except Exception as exc:  # noqa: BLE001 - one dataset's failure is reported, the others go on
-                message = " ".join(str(exc).split()) or type(exc).__name__
-                result.failures.append((ds.name, model, message))
-                if on_failure:
-                    on_failure(ds.name, model, message)
+                failed(ds.name, model, exc)
         del pool  # the model's memory goes before the next model loads
     add_combined_ncti(result.rows)
     return result
@@ -141,9 +142,10 @@ def add_combined_ncti(rows: Sequence[ScreenRow]) -> None:
                 r.scores["ncti"] = combined[r.model]
 
 
-def screen_one(ds: Dataset, model: str, calibrations: Sequence[Calibration], *, pretrained, keys, backend, device,
+def screen_one(ds: Dataset, spec: ModelSpec, calibrations: Sequence[Calibration], *, keys, backend, device,
                embed_options: dict, level: float, progress=None) -> ScreenRow:
-    es, info = embed_dataset(model, str(ds.images), pretrained=pretrained, templates=ds.templates,
+    model = spec.name
+    es, info = embed_dataset(spec, str(ds.images), templates=ds.templates,
                              template_file=ds.template_file, template_set=ds.template_set,
                              classnames=ds.classnames, device=device, progress=progress, **embed_options)
     report = score(es, keys, backend=backend, device=device)

@@ -103,7 +103,7 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
             return FinetuneResult(done, run_dir, [])
 
     pool = ModelPool()  # one load serves the embedding and the first seed, which then trains it in place
-    es, embedded = embed_dataset(model, splits.pool, pretrained=pretrained, templates=prompts, store=st, device=dev,
+    es, embedded = embed_dataset(spec, splits.pool, templates=prompts, store=st, device=dev,
                                  workers=workers, progress=progress, models=pool, **embed_kw)
     memo = st if embed_kw["use_cache"] else None
     scores = _zero_shot_scores(es, embedded.set_id, memo, score_backend, dev, progress)
