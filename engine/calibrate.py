@@ -89,15 +89,28 @@ def calibrate(catalog: Catalog, model: str, methods: Sequence[str], *, pretraine
     st = open_store(store)
     run = CalibrationRun()
     runs = len(methods) * len(targets)
+    as_target: dict[str, tuple] = {}   # each dataset is listed once for the whole calibration,
+    as_other: dict[str, EvalTask] = {}  # whatever the number of methods and tasks
+
+    def target(ds: Dataset) -> tuple:
+        if ds.name not in as_target:
+            as_target[ds.name] = task_data(ds)
+        return as_target[ds.name]
+
+    def other(ds: Dataset) -> EvalTask:
+        if ds.name not in as_other:
+            as_other[ds.name] = eval_task(ds)
+        return as_other[ds.name]
+
     for m, method in enumerate(methods):
         records = []
         for t, ds in enumerate(targets):
             if progress is not None:
                 progress("task", m * len(targets) + t + 1, runs, {"task": ds.name, "method": method})
-            train, test = task_data(ds)
-            held_out = None if test is not None or ds.test_split == "test" else test_fraction
-            evals = [eval_task(o) for o in catalog.datasets if o.name != ds.name]
             try:
+                train, test = target(ds)
+                held_out = None if test is not None or ds.test_split == "test" else test_fraction
+                evals = [other(o) for o in catalog.datasets if o.name != ds.name]
                 result = finetune(model, train, method, pretrained=pretrained, config=config, options=options,
                                   test=test, test_fraction=held_out, evals=evals,
                                   templates=list(ds.templates) if ds.templates else None,
