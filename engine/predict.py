@@ -38,6 +38,11 @@ class TaskPoint:
     outcomes: dict
 
 
+# What an outcome can be, accuracies being fractions: a gain or a change in accuracy lies in [-1, 1]; a
+# normalised gain, (ft - zs) / (1 - zs), is at most 1.
+POSSIBLE = {"gain": (-1.0, 1.0), "forgetting": (-1.0, 1.0), "normalized_gain": (-math.inf, 1.0)}
+
+
 @dataclass(frozen=True)
 class LinearFit:
     """Least-squares `outcome = intercept + slope·score` over `n` calibration tasks.
@@ -64,11 +69,14 @@ class LinearFit:
     loo_errors: dict | None
 
     def interval(self, score: float, level: float = 0.90) -> tuple[float, float, float]:
-        """Point prediction and Student-t prediction interval `(value, low, high)` for a new task."""
+        """Point prediction and Student-t prediction interval `(value, low, high)` for a new task, cut to what
+        the outcome can be (`POSSIBLE`): the cut interval still covers at least as often, and no caller shows
+        a gain of 1.02."""
         value = self.intercept + self.slope * score
         t = stats.t.ppf(0.5 + level / 2, self.n - 2)
         half = t * self.residual_std * math.sqrt(1 + 1 / self.n + (score - self.score_mean) ** 2 / self.score_sxx)
-        return float(value), float(value - half), float(value + half)
+        lo, hi = POSSIBLE.get(self.outcome, (-math.inf, math.inf))
+        return tuple(float(min(max(v, lo), hi)) for v in (value, value - half, value + half))
 
 
 @dataclass(frozen=True)
@@ -313,22 +321,10 @@ def predict(calibration: Calibration, score: float, level: float = 0.90,
         raise InputError(f"interval level {level} is not between 0 and 1; use e.g. 0.90 for a 90% interval")
     if key not in calibration.fits:
         raise InputError(f"calibration has no fits on {key}; fitted scores: {', '.join(calibration.fits)}")
-    outcomes = {o: _within_possible(o, *f.interval(float(score), level)) for o, f in calibration.fits[key].items()}
+    outcomes = {o: OutcomePrediction(*f.interval(float(score), level)) for o, f in calibration.fits[key].items()}
     values = [p.scores[key] for p in calibration.points if key in p.scores]
     lo, hi = float(min(values)), float(max(values))
     return Prediction(key, float(score), lo <= score <= hi, (lo, hi), level, outcomes)
-
-
-# What an outcome can be, accuracies being fractions: a gain or a change in accuracy lies in [-1, 1]; a
-# normalised gain, (ft - zs) / (1 - zs), is at most 1.
-POSSIBLE = {"gain": (-1.0, 1.0), "forgetting": (-1.0, 1.0), "normalized_gain": (-math.inf, 1.0)}
-
-
-def _within_possible(outcome: str, value: float, low: float, high: float) -> OutcomePrediction:
-    """The fit's prediction with its interval (and value) cut to what the outcome can be: the truncated interval
-    still covers at least as often, and a bound like a gain of 1.02 is never shown."""
-    lo, hi = POSSIBLE.get(outcome, (-math.inf, math.inf))
-    return OutcomePrediction(*(min(max(v, lo), hi) for v in (value, low, high)))
 
 
 def rank_correlations(records: Sequence, score_keys: Sequence[str], outcomes: Sequence[str] = OUTCOMES,
