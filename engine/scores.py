@@ -244,6 +244,7 @@ def run_pass2(es: EmbeddingSet, be: Backend, chunk_rows: int, passes: set[str], 
     total, n_total = class_stats.sums.sum(0), class_stats.n  # of all rows, when `es` is one shard of many
     text_sum = text.sum(0)
     for start, rows, labels in es.iter_chunks(chunk_rows):
+        rows, labels = be.tensor(rows), be.tensor(labels)  # one copy to the device for every statistic
         if "zeroshot" in acc:
             acc["zeroshot"].update(be, start, rows, labels, text)
         if "silhouette_class" in acc:
