@@ -20,15 +20,13 @@ import torch
 
 from ..kernels import BACKENDS, get_backend, resolve_device, triton_interpreted
 from .errors import IimmError, InputError
-from .scores import finalize_linear
-from .stats import ClassStats, PairwiseSilhouetteStats, ZeroShotStats
+from .scores import PAIR_TILE, finalize_linear, pairwise_silhouette
+from .stats import ClassStats, ZeroShotStats
 
-OPS = ("class_sums", "cross_reduce", "pairwise_euclidean")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 NAIVE_LIMIT = {"cpu": 20_000, "cuda": 200_000}
 SKLEARN_LIMIT = 10_000
 PAIR_N = {"cpu": 4_096, "cuda": 50_000}
-PAIR_TILE = 4_096
 
 Progress = Callable[[str, int, int], None]
 
@@ -127,11 +125,8 @@ def zero_shot_top1(backend, data: BenchData, chunk_rows: int) -> float:
 
 def euclidean_silhouette(backend, rows: torch.Tensor, labels: torch.Tensor, c: int) -> float:
     """Exact Euclidean silhouette of `rows` by label from tiled all-pairs class sums (scikit-learn conventions)."""
-    counts = torch.bincount(labels, minlength=c)
-    stats = PairwiseSilhouetteStats("euclidean", 1.0, 0.0, backend.device)
-    for lo, hi in _chunks(rows.shape[0], PAIR_TILE):
-        stats.update(backend, lo, rows[lo:hi], labels[lo:hi], [(0, rows, labels)], counts)
-    return float(stats.s_sum) / int(stats.n)
+    tiles = [(lo, rows[lo:hi], labels[lo:hi]) for lo, hi in _chunks(rows.shape[0], PAIR_TILE)]
+    return pairwise_silhouette(backend, tiles, torch.bincount(labels, minlength=c), "euclidean")
 
 
 def naive_intra(rows: torch.Tensor, block: int = 2048) -> float:
@@ -155,10 +150,9 @@ def sklearn_silhouette(rows: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def _skip_reason(name: str, device: torch.device) -> str | None:
-    if name == "triton" and device.type != "cuda":
-        if triton_interpreted():
-            return "skipped: TRITON_INTERPRET runs the kernels in Python, for tests; its timings mean nothing"
-        return "skipped: the triton kernels need a CUDA GPU (run with --device cuda on a GPU machine)"
+    """Why a backend that can run is not timed (one that cannot run is skipped with get_backend's reason)."""
+    if name == "triton" and device.type != "cuda" and triton_interpreted():
+        return "skipped: TRITON_INTERPRET runs the kernels in Python, for tests; its timings mean nothing"
     return None
 
 

@@ -25,6 +25,7 @@ from .stats import (ClassStats, PairwiseSilhouetteStats, SilhouetteClassStats, S
 
 GENSIL_ZERO_EPS = 1e-6
 DEFAULT_QUADRATIC_LIMIT = 50_000
+PAIR_TILE = 4096  # rows per all-pairs tile
 TARGET_CHUNK_BYTES = 128 << 20
 
 # pass names: "class" (pass 1), "zeroshot", "silhouette_class", "modality" (pass 2), "euclidean", "gensil" (tiles)
@@ -189,11 +190,10 @@ def _embedding_scores(es: EmbeddingSet, be: Backend, keys: list[str], chunk_rows
     class_stats = run_pass1(es, be, chunk_rows, progress)
     pass2 = run_pass2(es, be, chunk_rows, passes, class_stats, text, progress)
     values = finalize_linear(class_stats, text, pass2)
-    for quad in ("euclidean", "gensil"):
-        if quad in passes:
-            key = "silhouette_class_euclidean" if quad == "euclidean" else "gensil"
-            values[key] = _quadratic_score(es, be, chunk_rows, quad, gensil_p, sample, seed, quadratic_limit,
-                                           report, key, progress)
+    quadratic = [k for k in keys if SCORES[k].quadratic]
+    if quadratic:
+        values.update(_quadratic_scores(es, be, chunk_rows, quadratic, gensil_p, sample, seed, quadratic_limit,
+                                        report, progress))
     return values
 
 
@@ -300,28 +300,45 @@ def _silhouette_modality(acc: SilhouetteModalityStats, t: torch.Tensor, total: t
     return (float(acc.s_sum) + float(text_s.sum())) / (n + c)
 
 
-def _quadratic_score(es: EmbeddingSet, be: Backend, chunk_rows: int, which: str, gensil_p: float,
-                     sample: int | None, seed: int, quadratic_limit: int, report: ScoreReport, key: str,
-                     progress=None) -> float:
+def _quadratic_scores(es: EmbeddingSet, be: Backend, chunk_rows: int, keys: list[str], gensil_p: float,
+                      sample: int | None, seed: int, quadratic_limit: int, report: ScoreReport,
+                      progress=None) -> dict[str, float]:
+    """The all-pairs scores `keys`, on one seeded row sample whose tiles go to the device once for all of them."""
     rows = es.n
     if sample is not None:
         rows = min(sample, es.n)
     elif es.n > quadratic_limit:
         rows = quadratic_limit
-        report.notes.append(f"{key}: all-pairs score on a seeded sample of {rows} of {es.n} rows "
-                            f"(seed {seed}; raise --quadratic-limit or pass --sample for more)")
-    sub = es.sample(rows, seed) if rows < es.n else es
+        report.notes += [f"{key}: all-pairs score on a seeded sample of {rows} of {es.n} rows (seed {seed}; raise "
+                         f"--quadratic-limit or pass --sample for more)" for key in keys]
+    sub = es.sample(rows, seed)
     if rows < es.n:
-        report.sample_rows[key] = rows
+        report.sample_rows.update({key: rows for key in keys})
     counts = torch.as_tensor(np.bincount(sub.label, minlength=sub.c))
-    check_clustering(key, int(np.count_nonzero(counts)), sub.n, "pass a larger --sample")
-    if which == "euclidean":
-        acc = PairwiseSilhouetteStats("euclidean", 1.0, 0.0, be.device)
-    else:
-        acc = PairwiseSilhouetteStats("cosine", gensil_p, GENSIL_ZERO_EPS, be.device)
-    tile = min(chunk_rows, 4096)
-    for start, q_rows, q_labels in sub.iter_chunks(tile):
-        acc.update(be, start, q_rows, q_labels, sub.iter_chunks(tile), counts)
+    for key in keys:
+        check_clustering(key, int(np.count_nonzero(counts)), sub.n, "pass a larger --sample")
+    tiles = [(start, be.tensor(r), be.tensor(lab)) for start, r, lab in sub.iter_chunks(min(chunk_rows, PAIR_TILE))]
+    out = {}
+    for key in keys:
+        metric, p, zero_eps = (("euclidean", 1.0, 0.0) if key == "silhouette_class_euclidean"
+                               else ("cosine", gensil_p, GENSIL_ZERO_EPS))
+        out[key] = pairwise_silhouette(be, tiles, counts, metric, p, zero_eps,
+                                       progress=(lambda done, total, k=key: progress(k, done, total)) if progress
+                                       else None)
+    return out
+
+
+def pairwise_silhouette(be: Backend, tiles: list, counts: torch.Tensor, metric: str, p: float = 1.0,
+                        zero_eps: float = 0.0, progress: Callable[[int, int], None] | None = None) -> float:
+    """Mean silhouette (power mean `p` of the distances) of the label clustering, over all pairs of rows.
+
+    tiles: [(start, rows (m, D), labels (m,))] covering the rows in order, used as both query and key tiles;
+    counts: (C,) rows per class.
+    """
+    acc = PairwiseSilhouetteStats(metric, p, zero_eps, be.device)
+    n = sum(len(r) for _, r, _ in tiles)
+    for start, rows, labels in tiles:
+        acc.update(be, start, rows, labels, tiles, counts)
         if progress:
-            progress(key, start + len(q_rows), sub.n)
+            progress(start + len(rows), n)
     return float(acc.s_sum) / int(acc.n)
