@@ -23,8 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from .data import _natural_key, load_classnames
-from .embeddings import EmbeddingSet, _labels_int64
+from .data import _natural_key, apply_classnames, load_classnames
+from .embeddings import EmbeddingSet, _labels_int64, names_by_index
 from .errors import InputError
 
 ClassTexts = Callable[[list[str]], np.ndarray]
@@ -146,12 +146,6 @@ def _labels_from_metadata(path: Path, parts: list[int], rows: list[int], label_c
 def _display_names(keys: list[str] | None, listed: list[str] | dict | None) -> list[str] | None:
     """Prompt names: classnames.json's (a list, or a mapping from key or index), else the keys themselves."""
     if keys is None:
-        if isinstance(listed, dict):
-            if sorted(map(str, listed)) != sorted(str(i) for i in range(len(listed))):
-                raise InputError(f"class names {sorted(listed)} for integer labels: a mapping must name every "
-                                 f"class index 0..C-1 (or give a JSON list in class order)")
-            return [str(listed[k]) for k in sorted(listed, key=int)]
-        return [str(n) for n in listed] if listed is not None else None
-    if isinstance(listed, dict):
-        return [str(listed.get(k, listed.get(str(i), k.replace("_", " ")))) for i, k in enumerate(keys)]
-    return [k.replace("_", " ").strip() or k for k in keys]
+        return names_by_index(listed)
+    display = [k.replace("_", " ").strip() or k for k in keys]
+    return apply_classnames(keys, display, listed) if isinstance(listed, dict) else display

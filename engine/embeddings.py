@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .data import load_classnames
 from .errors import InputError
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
@@ -170,13 +171,22 @@ def _load_folder(path: Path, mmap: bool) -> EmbeddingSet:
     text = np.load(path / "text.npy", allow_pickle=False)
     classnames = None
     if (path / "classnames.json").exists():
-        classnames = json.loads((path / "classnames.json").read_text())
-        if isinstance(classnames, dict):
-            classnames = [classnames[k] for k in sorted(classnames, key=int)]
+        classnames = names_by_index(load_classnames(path / "classnames.json"))
     meta = {}
     if (path / "meta.json").exists():
         meta = json.loads((path / "meta.json").read_text())
     return EmbeddingSet(blocks, _labels_int64(label, path), text, classnames, str(path), meta)
+
+
+def names_by_index(listed: list | dict | None) -> list[str] | None:
+    """Class names of integer labels from a classnames JSON: a list in class order, or a mapping that names
+    every index 0..C-1 (a partial mapping cannot say how many classes there are)."""
+    if isinstance(listed, dict):
+        if sorted(map(str, listed)) != sorted(str(i) for i in range(len(listed))):
+            raise InputError(f"class names {sorted(listed)} for integer labels: a mapping must name every "
+                             f"class index 0..C-1 (or give a JSON list in class order)")
+        return [str(listed[k]) for k in sorted(listed, key=int)]
+    return [str(n) for n in listed] if listed is not None else None
 
 
 def _to_numpy(a) -> np.ndarray:
