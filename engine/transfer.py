@@ -128,7 +128,7 @@ def compute_transfer(es: EmbeddingSet, keys: Iterable[str] | str | None = None, 
     progress: called as progress(stage, rows_done, rows_total).
     """
     keys = resolve_transfer_keys(keys)
-    _check_options(es, chunk_rows, logit_scale, baseline_sample, gram_budget_bytes)
+    _check_options(es, logit_scale, baseline_sample, gram_budget_bytes)
     counts = np.bincount(es.label, minlength=es.c)
     present = np.flatnonzero(counts)
     if len(present) < 2:
@@ -236,7 +236,7 @@ def _plan_later_passes(es: EmbeddingSet, gram: GramStats, joint: ZeroShotJointSt
                        wanted: set[str], gram_budget_bytes: int) -> _LaterPasses:
     plan = _LaterPasses()
     if "leep" in wanted:
-        leep = LeepSum(joint, leep_conditional(joint, gram.n))
+        leep = LeepSum(joint, leep_conditional(joint))
         plan.add(0, leep.update)
         plan.finishers.append(lambda: {"leep": float(leep.log_sum / leep.rows)})
     if "sfda" in wanted:
@@ -283,7 +283,7 @@ class _SfdaPasses:
 
     def update_mixed_stats(self, chunk: Chunk) -> None:
         mixed, _ = self._mixed_rows(chunk)
-        self.mixed.update(Chunk(mixed, chunk.labels, chunk.start))
+        self.mixed.update(Chunk(mixed, chunk.labels, chunk.start, chunk._onehot))  # same labels: same one-hot
 
     def update_probability(self, chunk: Chunk) -> None:
         if self.refit is None:
@@ -324,10 +324,7 @@ def _in_memory_scores(es: EmbeddingSet, wanted: set[str], baseline_sample: int, 
     return out
 
 
-def _check_options(es: EmbeddingSet, chunk_rows: int, logit_scale: float, baseline_sample: int,
-                   gram_budget_bytes: int) -> None:
-    if chunk_rows < 1:
-        raise InputError(f"chunk size must be at least 1 row, got {chunk_rows}; pass a positive --chunk-rows")
+def _check_options(es: EmbeddingSet, logit_scale: float, baseline_sample: int, gram_budget_bytes: int) -> None:
     if not (math.isfinite(logit_scale) and logit_scale > 0):
         raise InputError(f"logit scale must be a positive number, got {logit_scale}; pass e.g. --logit-scale 100")
     if baseline_sample < 2:

@@ -121,11 +121,10 @@ def logme_rows(x: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
 
 # --- LEEP and NCE ------------------------------------------------------------------------------
 
-def leep_conditional(joint: ZeroShotJointStats, n: int) -> np.ndarray:
-    """(C, C) empirical P̂(y | z) = P̂(y, z) / P̂(z) from the soft joint; columns with P̂(z) = 0 are 0."""
-    p_yz = joint.soft_joint / n
-    p_z = p_yz.sum(0, keepdims=True)
-    return np.divide(p_yz, p_z, out=np.zeros_like(p_yz), where=p_z > 0)
+def leep_conditional(joint: ZeroShotJointStats) -> np.ndarray:
+    """(C, C) empirical P̂(y | z) = P̂(y, z) / P̂(z) from the soft joint (N cancels); columns with P̂(z) = 0 are 0."""
+    p_z = joint.soft_joint.sum(0, keepdims=True)
+    return np.divide(joint.soft_joint, p_z, out=np.zeros_like(joint.soft_joint), where=p_z > 0)
 
 
 def nce(joint: ZeroShotJointStats) -> float:
