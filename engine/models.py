@@ -116,7 +116,6 @@ def resolve_model(name: str, pretrained: str | None = None, *,
     For an alias, `pretrained` overrides the alias's tag (a tag or a weights file).
     For a built-in architecture, `pretrained=None` (or "random") means seeded random weights.
     """
-    import open_clip
     from open_clip.factory import parse_model_name
 
     if not name:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .numba_rows import (BLOCK_ROWS, HALF_TABLE, REASSOC, first_bad, inverse_norm, kernel_labels, kernel_rows,
-                         row_sq_sum, value)
+                         num_blocks, row_sq_sum, value)
 from .reference import ClassSums
 
 # Partials: their zeroing and summing may cost at most this fraction of the chunk's row bytes,
@@ -141,7 +141,7 @@ def sums_by_class(arr, lab, num_classes: int):
     n, d = arr.shape
     counts = np.bincount(lab, minlength=num_classes).astype(np.int64)
     order = _order_by_class(lab, counts)
-    blocks = (n + CLASS_BLOCK_ROWS - 1) // CLASS_BLOCK_ROWS
+    blocks = num_blocks(n, CLASS_BLOCK_ROWS)
     sums = np.zeros((num_classes, d))
     edge_sums = np.zeros((blocks, 2, d))
     edge_class = np.empty((blocks, 2), dtype=np.int64)

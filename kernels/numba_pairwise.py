@@ -16,11 +16,10 @@ import torch
 
 from ..errors import InputError
 from .numba_rows import TINY, kernel_labels, kernel_rows, normalise_rows, readonly
-from .reference import PairwiseSums
+from .reference import PairwiseSums, check_pairwise_args
 
 QUERY_BLOCK = 512
 KEY_BLOCK = 2048
-METRICS = ("cosine", "euclidean")
 # How d^p is computed: the common exponents get exact cheap forms.
 POWER_ONE, POWER_LOG, POWER_TWO, POWER_HALF, POWER_ANY = range(5)
 
@@ -36,10 +35,7 @@ def pairwise_class_sums(queries, keys, key_labels, num_classes: int, *, metric: 
     The contract of `kernels.reference.pairwise_class_sums`: Σ d_ij^p (log d_ij for p = 0) and pair
     counts per key class, over pairs whose global indices differ and with d_ij > zero_eps.
     """
-    if metric not in METRICS:
-        raise InputError(f"unknown metric {metric!r}; use 'cosine' or 'euclidean'")
-    if not math.isfinite(p):
-        raise InputError(f"the power p must be finite, got {p}; pass a finite exponent")
+    check_pairwise_args(metric, p)
     q_rows, k_rows = kernel_rows(queries), kernel_rows(keys)
     if q_rows.shape[1] != k_rows.shape[1]:
         raise InputError(f"queries have D={q_rows.shape[1]} but keys have D={k_rows.shape[1]}; "

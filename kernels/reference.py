@@ -124,10 +124,20 @@ def cross_reduce(rows: torch.Tensor, labels: torch.Tensor, matrix: torch.Tensor,
     return CrossReduce(correct, other_sum, rank, best_other, sq_norm, first_bad)
 
 
+PAIRWISE_METRICS = ("cosine", "euclidean")
+
+
+def check_pairwise_args(metric: str, p: float) -> None:
+    """The argument checks of `pairwise_class_sums`, the same on every backend."""
+    if metric not in PAIRWISE_METRICS:
+        raise InputError(f"unknown metric {metric!r}; use 'cosine' or 'euclidean'")
+    if not math.isfinite(p):
+        raise InputError(f"the power p must be finite, got {p}; pass a finite exponent")
+
+
 def pairwise_distances(xq: torch.Tensor, xk: torch.Tensor, metric: str) -> torch.Tensor:
     """Unit rows xq: (m, D), xk: (n, D) -> (m, n) cosine (1 - cos) or Euclidean distances."""
-    if metric not in ("cosine", "euclidean"):
-        raise InputError(f"unknown metric {metric!r}; use 'cosine' or 'euclidean'")
+    check_pairwise_args(metric, 1.0)
     dist = xq @ xk.T
     if metric == "cosine":
         return dist.neg_().add_(1.0).clamp_min_(0.0)
@@ -143,6 +153,7 @@ def pairwise_class_sums(queries: torch.Tensor, keys: torch.Tensor, key_labels: t
     Rows are normalised first, distances computed in float64; pair (i, j) is the global pair
     (query_offset + i, key_offset + j).
     """
+    check_pairwise_args(metric, p)
     # float64: near-duplicate rows put distances near 0, where sqrt turns fp32 rounding into 1e-4 errors.
     xq = normalise_rows(queries)[0].double()
     xk = normalise_rows(keys)[0].double().to(xq.device)

@@ -22,10 +22,9 @@ import triton.language as tl
 
 from ..errors import InputError
 from . import triton_settings as settings
-from .reference import PairwiseSums, as_tensor
+from .reference import PairwiseSums, as_tensor, check_pairwise_args
 from .triton_class_sums import check_labels, divide, kernel_device, kernel_rows, label_order, norm_denominator
 
-METRICS = ("euclidean", "cosine")
 
 
 @triton.jit
@@ -206,8 +205,7 @@ def pairwise_class_sums(queries, keys, key_labels, num_classes: int, *, metric: 
 
     As `reference.pairwise_class_sums`; `key_splits` overrides how many key slices run in parallel.
     """
-    if metric not in METRICS:
-        raise InputError(f"unknown metric {metric!r}; use 'cosine' or 'euclidean'")
+    check_pairwise_args(metric, p)
     device = kernel_device(queries)
     xq = kernel_rows(queries, device)
     xk = kernel_rows(keys, device)

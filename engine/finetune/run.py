@@ -140,7 +140,7 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
                                            f"zero-shot {name}")
                   for name, t in others.items()}
     others = {name: t.data for name, t in others.items()}
-    del zero_shot
+    zero_shot = None  # its model is trained in place next; nothing else may hold it
 
     info = {"model": model, "pretrained": spec.pretrained, "method": method, "options": asdict(options),
             "embed_dim": int(zs_cls.shape[1]), "num_classes": len(names), "classnames": names, "templates": prompts,
