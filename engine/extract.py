@@ -23,7 +23,7 @@ from .errors import InputError
 from .models import (LoadedModel, ModelPool, ModelSpec, class_text_embeddings, encode_dtype, encode_images,
                      load_model, resolve_device, resolve_model)
 from .files import write_json_atomic, write_npy_atomic
-from .store import Store, hash_json, open_store, shard_name
+from .store import ID_CHARS, Store, hash_json, open_store, shard_name
 
 DEFAULT_SHARD_ROWS = 8192
 STORE_DTYPES = {"fp16": np.float16, "fp32": np.float32}
@@ -179,7 +179,7 @@ class _Run:
                                "preprocess": self.spec.preprocess_cfg, "dataset": dataset_id, "dtype": self.dtype,
                                "compute": encode_dtype(resolve_device(self.device))})
         set_id = hash_json({"images": image_key, "classnames": self.ds.classnames,
-                            "templates": self.templates})[:24]
+                            "templates": self.templates})[:ID_CHARS]
         return dataset_id, image_key, set_id
 
     def into_store(self, st: Store, shard_rows: int) -> tuple[EmbeddingSet, EmbedInfo]:

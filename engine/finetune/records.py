@@ -28,7 +28,7 @@ import torch
 
 from ..errors import InputError
 from ..files import write_atomic, write_json_atomic
-from ..store import hash_json, open_store
+from ..store import ID_CHARS, hash_json, open_store
 
 FINETUNE_RUNS_SCHEMA = [
     "CREATE TABLE IF NOT EXISTS finetune_runs (run_id TEXT PRIMARY KEY, model TEXT NOT NULL, pretrained TEXT, "
@@ -52,7 +52,7 @@ def finetune_root(store=None) -> Path:
 
 def run_id_of(config: dict) -> str:
     """A run's id: 24 hex digits of the hash of its training configuration."""
-    return hash_json(config)[:24]
+    return hash_json(config)[:ID_CHARS]
 
 
 def seed_dir(run_dir: Path, seed: int) -> Path:

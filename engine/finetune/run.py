@@ -165,10 +165,13 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
         cls = class_embeddings(tuned, tokens, len(names))
         test_acc = accuracy(tuned, splits.test, cls, lm.preprocess, use_probe=True, batch_size=eval_batch,
                             workers=workers, progress=progress, stage=f"seed {s} test").value
-        ood_after = {name: accuracy(tuned, ds, class_embeddings(tuned, other_tokens[name], len(ds.classnames)),
-                                    lm.preprocess, use_probe=False, batch_size=eval_batch, workers=workers,
-                                    progress=progress, stage=f"seed {s} {name}").value
-                     for name, ds in others.items()}
+        if method == "probe":  # both towers frozen: the other tasks' zero-shot classifiers are unchanged
+            ood_after = dict(ood_before)
+        else:
+            ood_after = {name: accuracy(tuned, ds, class_embeddings(tuned, other_tokens[name], len(ds.classnames)),
+                                        lm.preprocess, use_probe=False, batch_size=eval_batch, workers=workers,
+                                        progress=progress, stage=f"seed {s} {name}").value
+                         for name, ds in others.items()}
         per_seed.append({"seed": s, "finetuned_acc": test_acc, "ood": ood_after, "best_epoch": res.best_epoch,
                          "val_acc": res.best_val, "train_images": res.train_images, "skipped": len(res.skipped),
                          "resumed_epochs": res.resumed_epochs, "checkpoint": str(res.checkpoint),
@@ -189,7 +192,7 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
               "seconds": time.perf_counter() - started, "checkpoint": _best_checkpoint(per_seed),
               "images": {"pool": len(splits.pool), "train": len(splits.train),
                          "val": len(splits.val) if splits.val else 0, "test": len(splits.test)},
-              "per_seed": per_seed, "evals": evals_key, "device": str(dev), "created": time.time(), **_versions()}
+              "per_seed": per_seed, "evals": evals_key, "device": str(dev), "created": time.time(), **versions}
     write_record(run_dir, record, st)
     return FinetuneResult(record, run_dir, results)
 
