@@ -282,8 +282,9 @@ def _manifest_rows(path: Path) -> list[dict]:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read manifest {path}: {exc}; pass a UTF-8 .csv or .jsonl file") from exc
     if path.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
-        header = list(rows[0].keys()) if rows else (text.splitlines() or [""])[0].split(",")
+        reader = csv.DictReader(text.splitlines())
+        rows = list(reader)
+        header = list(reader.fieldnames or [])
     else:
         rows = []
         for lineno, line in enumerate(text.splitlines(), 1):
