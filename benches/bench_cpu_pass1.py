@@ -31,7 +31,7 @@ import torch
 
 import iimm.engine  # noqa: F401  (the engine package must initialise before iimm.kernels)
 from iimm.engine import load_embeddings, score
-from iimm.engine.scores import SCORES
+from iimm.engine.scoring.scores import SCORES
 from iimm.kernels import numba_cpu, reference
 
 CHUNK_ROWS = 65536

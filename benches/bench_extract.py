@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from iimm.cli.embed import embed
-from iimm.engine.models import encode_images, load_model
+from iimm.engine.embedding.models import encode_images, load_model
 
 N_IMAGES = int(os.environ.get("IIMM_BENCH_IMAGES", "256"))
 BATCH = 64

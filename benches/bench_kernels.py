@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iimm.engine.bench import (euclidean_silhouette, intra_from_class_sums, synthetic_task, time_median,
+from iimm.engine.scoring.bench import (euclidean_silhouette, intra_from_class_sums, synthetic_task, time_median,
                                zero_shot_top1)
-from iimm.engine.errors import IimmError
+from iimm.errors import IimmError
 from iimm.kernels import get_backend, triton_interpreted
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from iimm.engine.embeddings import EmbeddingSet
-from iimm.engine.transfer import TRANSFER_SCORES, compute_transfer
+from iimm.engine.embedding.embedding_set import EmbeddingSet
+from iimm.engine.scoring.baselines import TRANSFER_SCORES, compute_transfer
 
 N, D, C = 50_000, 512, 100
 GROUP = f"transfer N={N} D={D} C={C}"
@@ -34,7 +34,7 @@ def embeddings() -> EmbeddingSet:
 
 def _iimm_backend() -> str:
     """The backend `score` picks by default, or the pure-PyTorch path where that one cannot run here."""
-    from iimm.engine.errors import BackendUnavailable
+    from iimm.errors import BackendUnavailable
     from iimm.kernels import get_backend
     try:
         return get_backend("auto").name
@@ -43,7 +43,7 @@ def _iimm_backend() -> str:
 
 
 def _iimm(es: EmbeddingSet, backend: str) -> None:
-    from iimm.engine.scores import score
+    from iimm.engine.scoring.scores import score
     score(es, ["iimm"], backend=backend)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..engine.bench import DTYPES, run_bench
-from ..engine.errors import InputError
+from ..engine.scoring.bench import DTYPES, run_bench
+from ..errors import InputError
 from ..kernels import BACKENDS
 from .progress import ProgressBar
 from .render import FORMATS, emit, table, to_csv, to_json, writable_path

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from ..engine.calibrate import calibrate, record_calibration
-from ..engine.catalog import load_catalog
+from ..engine.calibration.runs import calibrate, record_calibration
+from ..engine.calibration.catalog import load_catalog
 from ..engine.files import write_atomic
 from ..engine.finetune import METHODS
-from ..engine.plots import plot_calibration
+from ..engine.calibration.plots import plot_calibration
 from .finetune import TrainingProgress
 from .render import table, to_csv, writable_path
 from .training_options import TRAIN_BATCH_DEFAULT, training_options

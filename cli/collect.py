@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..engine.errors import InputError
+from ..errors import InputError
 from .render import emit, to_csv, writable_path
 
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from ..engine.errors import InputError
+from ..errors import InputError
 from .extract_options import extraction_options
 from .progress import ProgressBar
 from .render import emit, to_json, write_atomic, writable_path

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import click
 
-from ..engine.data import list_template_sets
-from ..engine.errors import InputError
-from ..engine.models import MODEL_ALIASES, RANDOM_WEIGHTS, builtin_model_config
+from ..engine.embedding.data import list_template_sets
+from ..errors import InputError
+from ..engine.embedding.models import MODEL_ALIASES, RANDOM_WEIGHTS, builtin_model_config
 from .option_group import option_group
 
 ENCODE_BATCH_DEFAULT = 64
@@ -57,7 +57,7 @@ class ExtractOptions:
                              f"`iimm models --filter {name}`), --pretrained FILE, or --pretrained {RANDOM_WEIGHTS}")
 
     def embed_kwargs(self) -> dict:
-        """Keyword arguments of `iimm.engine.extract.embed_dataset` (without device and progress)."""
+        """Keyword arguments of `iimm.engine.embedding.extract.embed_dataset` (without device and progress)."""
         template_file, template_set = _templates_source(self.templates)
         return dict(pretrained=self.pretrained, templates=list(self.template) or None, template_file=template_file,
                     template_set=template_set, classnames=self.classnames, split=self.split, domain=self.domain,
@@ -66,7 +66,7 @@ class ExtractOptions:
 
     def embed(self, device: str = "auto", progress=None):
         """Run `embed_dataset` with these options -> (EmbeddingSet, EmbedInfo)."""
-        from ..engine.extract import embed_dataset
+        from ..engine.embedding.extract import embed_dataset
 
         self.check()
         return embed_dataset(self.model, self.data, device=device, progress=progress, **self.embed_kwargs())
@@ -74,7 +74,7 @@ class ExtractOptions:
 
     def class_text_encoder(self, device: str = "auto"):
         """names -> (C, D) class texts of --model with these prompts (for image embeddings made elsewhere)."""
-        from ..engine.extract import class_text_encoder
+        from ..engine.embedding.extract import class_text_encoder
 
         self.check(need_data=False)
         template_file, template_set = _templates_source(self.templates)

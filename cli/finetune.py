@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..engine.errors import InputError
+from ..errors import InputError
 from ..engine.finetune import METHODS
 from ..engine.finetune import finetune as run_finetune
 from .extract_options import extraction_options

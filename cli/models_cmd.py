@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..engine.model_catalog import list_model_entries
+from ..engine.embedding.model_catalog import list_model_entries
 from .render import emit, table, to_csv, to_json
 
 

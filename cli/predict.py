@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from ..engine import load_embeddings, score as score_embeddings
-from ..engine.calibrate import known_scores
-from ..engine.predict import Calibration, predict as predict_outcomes, rank_among
+from ..engine.calibration.runs import known_scores
+from ..engine.calibration.fit import Calibration, predict as predict_outcomes, rank_among
 from .extract_options import extraction_options
 from .progress import ProgressBar
 from .render import emit, table, to_json, writable_path
@@ -112,7 +112,7 @@ def predict(extract, calibration_path, embeddings_path, level, fmt, output, plot
         if name.startswith(f"{score_key}/"):
             click.echo(f"note: no {name.split('/', 1)[1]} prediction: {reason}", err=True)
     if plot_path:
-        from ..engine.plots import plot_calibration
+        from ..engine.calibration.plots import plot_calibration
         label = Path(embeddings_path or extract.data).stem
         plot_calibration(calibration, None, plot_path, level, highlight=(label, value))
         click.echo(f"wrote {plot_path}", err=True)

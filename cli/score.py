@@ -6,10 +6,10 @@ import click
 import numpy as np
 
 from ..engine import load_embeddings, score as score_embeddings
-from ..engine.errors import InputError
-from ..engine.scores import DEFAULT_QUADRATIC_LIMIT, METRIC_GROUPS, SCORES
-from ..engine.transfer import DEFAULT_BASELINE_SAMPLE, TRANSFER_ALIASES, TRANSFER_SCORES
-from ..engine.store import open_store
+from ..errors import InputError
+from ..engine.scoring.scores import DEFAULT_QUADRATIC_LIMIT, METRIC_GROUPS, SCORES
+from ..engine.scoring.baselines import DEFAULT_BASELINE_SAMPLE, TRANSFER_ALIASES, TRANSFER_SCORES
+from ..engine.embedding.store import open_store
 from .extract_options import extraction_options
 from .progress import ProgressBar
 from .render import FORMATS, emit, table, to_csv, to_json, writable_path

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from ..engine.catalog import load_catalog
-from ..engine.plots import plot_screen
-from ..engine.predict import Calibration
-from ..engine.screen import screen
+from ..engine.calibration.catalog import load_catalog
+from ..engine.calibration.plots import plot_screen
+from ..engine.calibration.fit import Calibration
+from ..engine.calibration.screen import screen
 from .progress import ProgressBar
 from .render import FORMATS, emit, table, to_csv, to_json, writable_path
 

@@ -11,7 +11,7 @@ from typing import IO, Any, Callable
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def check_writable(path: str | os.PathLike) -> Path:

@@ -115,7 +115,7 @@ def embed_killed_midway(model: str, data: str, store: str) -> None:
     import os
     import signal
 
-    from iimm.engine.extract import embed_dataset
+    from iimm.engine.embedding.extract import embed_dataset
 
     torch.set_num_threads(1)
 
@@ -128,7 +128,7 @@ def embed_killed_midway(model: str, data: str, store: str) -> None:
 
 def embed_in_child(model: str, data: str, store: str, barrier, results) -> None:
     """Child-process target: wait for the sibling at `barrier`, embed, put a summary dict on `results`."""
-    from iimm.engine.extract import embed_dataset
+    from iimm.engine.embedding.extract import embed_dataset
 
     torch.set_num_threads(1)
     barrier.wait(120)
@@ -138,7 +138,7 @@ def embed_in_child(model: str, data: str, store: str, barrier, results) -> None:
 
 def open_store_in_child(root: str, barrier, results) -> None:
     """Child-process target: wait for the siblings at `barrier`, open a Store at `root`, put "ok" or the error."""
-    from iimm.engine.store import Store
+    from iimm.engine.embedding.store import Store
 
     barrier.wait(60)
     try:

@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from iimm.cli.bench import bench
-from iimm.engine.bench import run_bench, synthetic_task
-from iimm.engine.errors import InputError
+from iimm.engine.scoring.bench import run_bench, synthetic_task
+from iimm.errors import InputError
 
 SMALL = ["--n", "2500", "--d", "40", "--c", "5", "--pair-n", "300", "--repeats", "1", "--device", "cpu",
          "--no-progress"]

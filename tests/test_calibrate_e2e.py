@@ -55,7 +55,7 @@ def test_calibrate_predict_screen(setup, tmp_path):
     assert {"iimm", "acs"} <= {r["score"] for r in tau}
     for point in cal.points:
         assert point.n_runs == 1
-    from iimm.engine.store import Store
+    from iimm.engine.embedding.store import Store
     with Store(store).connect() as con:
         rows = con.execute("SELECT model, method, path FROM calibrations").fetchall()
     assert [tuple(r) for r in rows] == [(model, "full", str(out))]
@@ -97,7 +97,7 @@ def test_calibrate_predict_screen(setup, tmp_path):
 
 
 def test_other_tasks_are_measured_with_their_own_names_prompts_and_test_images(tmp_path, digits_png_dir):
-    from iimm.engine.calibrate import eval_task
+    from iimm.engine.calibration.runs import eval_task
 
     classes = sorted(p.name for p in digits_png_dir.iterdir())[:3]
     for c in classes:
@@ -120,12 +120,12 @@ def test_calibration_computes_each_zero_shot_result_once(setup, tmp_path, monkey
     trains: across two methods they are computed once each, and the model is loaded once per run."""
     import os
 
-    import iimm.engine.extract as extract_mod
+    import iimm.engine.embedding.extract as extract_mod
     import iimm.engine.finetune.run as run_mod
-    import iimm.engine.models as models_mod
+    import iimm.engine.embedding.models as models_mod
     from iimm.engine import load_catalog
-    from iimm.engine.calibrate import calibrate
-    from iimm.engine.errors import InputError
+    from iimm.engine.calibration.runs import calibrate
+    from iimm.errors import InputError
     from iimm.engine.finetune import TrainConfig
 
     root, model = setup
@@ -137,7 +137,7 @@ def test_calibration_computes_each_zero_shot_result_once(setup, tmp_path, monkey
             calls["zero-shot"].append((ds.fingerprint(), stage))
         return accuracy(tuned, ds, cls, transform, use_probe=use_probe, stage=stage, **kw)
 
-    import iimm.engine.scores as scores_mod
+    import iimm.engine.scoring.scores as scores_mod
     real_score, real_load = scores_mod.score, models_mod.load_model
 
     def counting_score(*a, **kw):
@@ -152,7 +152,7 @@ def test_calibration_computes_each_zero_shot_result_once(setup, tmp_path, monkey
     monkeypatch.setattr(scores_mod, "score", counting_score)
     monkeypatch.setattr(models_mod, "load_model", counting_load)
     monkeypatch.setattr(extract_mod, "load_model", counting_load)
-    import iimm.engine.calibrate as calibrate_mod
+    import iimm.engine.calibration.runs as calibrate_mod
     real_fit = calibrate_mod.fit_calibration
 
     def fit_all_but_bitfit(records, model, method, **kw):  # a method with nothing to fit loses only its own

@@ -4,8 +4,8 @@ import textwrap
 
 import pytest
 
-from iimm.engine.catalog import Dataset, load_catalog
-from iimm.engine.errors import InputError
+from iimm.engine.calibration.catalog import Dataset, load_catalog
+from iimm.errors import InputError
 
 
 @pytest.fixture()

@@ -103,7 +103,7 @@ def test_bad_embeddings_are_one_line_errors(tmp_path, capsys, arrays, message):
 def test_missing_file_and_debug_traceback(tmp_path, capsys):
     code, _, stderr = run_main(["score", "--embeddings", str(tmp_path / "none.npz")], capsys)
     assert code == 2 and "embeddings not found" in stderr and "Traceback" not in stderr
-    from iimm.engine.errors import InputError
+    from iimm.errors import InputError
     with pytest.raises(InputError):
         main(["--debug", "score", "--embeddings", str(tmp_path / "none.npz")])
 

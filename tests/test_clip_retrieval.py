@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from iimm.cli.main import cli, main
 from iimm.engine import EmbeddingSet, load_embeddings, score
-from iimm.engine.errors import InputError
+from iimm.errors import InputError
 from synthetic import structured
 
 # class keys whose natural order (cat < dog_2 < dog_10 < eel) differs from plain string order
@@ -145,7 +145,7 @@ def test_cli_encodes_the_class_texts_with_the_model(tmp_path, tiny_model_dir):
     assert got == pytest.approx(ref, rel=1e-5)
     assert got["zeroshot_top1"] == 1.0
     # the model's own softmax scale reaches LEEP / NCE, as for images encoded by iimm
-    from iimm.engine.extract import class_text_encoder
+    from iimm.engine.embedding.extract import class_text_encoder
     es = load_embeddings(folder, class_texts=class_text_encoder(f"local-dir:{tiny_model_dir}", templates=templates))
     assert es.meta["logit_scale"] == pytest.approx(float(model.logit_scale.detach().exp()))
     np.testing.assert_allclose(es.text, np.stack(text), rtol=1e-6, atol=1e-7)

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from iimm.cli.collect import collect, collect_rows, flatten
-from iimm.engine.errors import InputError
+from iimm.errors import InputError
 
 
 def read_csv(text):

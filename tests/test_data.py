@@ -1,4 +1,4 @@
-"""engine/data.py: class folders, manifests, class names, templates, unreadable images."""
+"""engine/embedding/data.py: class folders, manifests, class names, templates, unreadable images."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from fixtures_tiny import DIGIT_WORDS
-from iimm.engine.data import (
+from iimm.engine.embedding.data import (
     DEFAULT_TEMPLATE, collate_skipping, list_template_sets, load_image_dataset, load_template_set, resolve_templates,
 )
-from iimm.engine.errors import InputError
+from iimm.errors import InputError
 
 
 def _png(path: Path, value: int = 128, size=(8, 6)):

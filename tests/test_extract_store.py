@@ -1,4 +1,4 @@
-"""engine/extract.py + engine/store.py + `iimm embed` / `iimm models`: images in, scores and a reusable store out."""
+"""engine/embedding/extract.py + engine/embedding/store.py + `iimm embed` / `iimm models`: images in, scores and a reusable store out."""
 
 from __future__ import annotations
 
@@ -21,17 +21,17 @@ from fixtures_tiny import embed_in_child, embed_killed_midway, open_store_in_chi
 from iimm.cli.embed import embed
 from iimm.cli.models_cmd import models
 from iimm.engine import EmbeddingSet, load_embeddings, score
-from iimm.engine import extract as extract_mod
-from iimm.engine.errors import InputError
-from iimm.engine.extract import embed_dataset
+from iimm.engine.embedding import extract as extract_mod
+from iimm.errors import InputError
+from iimm.engine.embedding.extract import embed_dataset
 from iimm.engine.files import write_npy_atomic
-from iimm.engine.store import Store
+from iimm.engine.embedding.store import Store
 
 TEMPLATES = ["a photo of a {}.", "a drawing of the number {}."]
 # Children fork from a clean server process that imported torch once (plain fork from the threaded
 # pytest process can deadlock; spawn would import torch once per child).
 FORK = multiprocessing.get_context("forkserver")
-FORK.set_forkserver_preload(["torch", "iimm.engine.extract"])
+FORK.set_forkserver_preload(["torch", "iimm.engine.embedding.extract"])
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +227,7 @@ def test_store_registry_helpers(tmp_path, tiny_model_dir):
     assert run == 1
     with st.connect() as con:
         assert json.loads(con.execute("SELECT scores FROM score_runs").fetchone()[0]) == {"iimm": 0.25}
-    from iimm.engine.models import file_fingerprint, resolve_model
+    from iimm.engine.embedding.models import file_fingerprint, resolve_model
     resolve_model(f"local-dir:{tiny_model_dir}", hash_memo=st.hash_memo()).fingerprint
     weights = Path(tiny_model_dir) / "open_clip_model.safetensors"
     assert list(st.hash_memo().values()) == [file_fingerprint(weights)]

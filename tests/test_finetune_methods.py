@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from fixtures_finetune import eva_config
 from fixtures_tiny import build_model, tiny_model_config
-from iimm.engine.errors import InputError
+from iimm.errors import InputError
 from iimm.engine.finetune import METHODS, base_state_dict, learning_rate, trainable_parameters, tune_model
 from iimm.engine.finetune.methods import MethodOptions, find_towers
 
@@ -294,7 +294,7 @@ def test_logits_stay_float32_under_bf16_autocast(family, method):
 
 def test_shared_eva02_tiny_fixture_has_its_blocks_found(tiny_model_dir_factory):
     """timm's real eva02_tiny (224 px, 12 blocks): fused qkv weight with separate q/v biases."""
-    from iimm.engine.models import load_model
+    from iimm.engine.embedding.models import load_model
 
     lm = load_model(f"local-dir:{tiny_model_dir_factory('eva')}")
     got = trainable_parameters(lm.model, "attention")

@@ -20,14 +20,14 @@ from safetensors.torch import load_file
 from fixtures_finetune import one_patch_clip_config, write_manifest
 from fixtures_tiny import write_digits_png, write_local_dir
 from iimm.cli.finetune import finetune as finetune_command
-from iimm.engine.data import load_image_dataset
-from iimm.engine.errors import InputError
+from iimm.engine.embedding.data import load_image_dataset
+from iimm.errors import InputError
 from iimm.engine.finetune import (MethodOptions, TrainConfig, base_state_dict, few_shot_subset, finetune,
                                   list_finetune_records, load_finetuned, outcome, split_task, stratified_split,
                                   summarize_seeds, tune_model)
 from iimm.engine.finetune.evaluate import accuracy, class_embeddings, prompt_tokens
 from iimm.engine.finetune.trainer import train_seed
-from iimm.engine.models import load_model
+from iimm.engine.embedding.models import load_model
 
 TEMPLATE = "a photo of the number: {}."
 FAST = dict(workers=0, score_backend="torch", templates=[TEMPLATE])
@@ -271,7 +271,7 @@ def test_few_shot_seeds_select_on_out_of_domain_validation(tmp_path, one_patch_m
     import gc
     import weakref
 
-    import iimm.engine.models as models_mod
+    import iimm.engine.embedding.models as models_mod
 
     loaded, real_load = [], models_mod.load_model
 
@@ -345,7 +345,7 @@ def test_cli_refuses_train_blocks_for_another_method(tmp_path, one_patch_model, 
 
 def test_too_deep_train_blocks_fail_before_any_image_is_encoded(tmp_path, one_patch_model, digits_png_dir,
                                                                  monkeypatch):
-    import iimm.engine.extract as extract_mod
+    import iimm.engine.embedding.extract as extract_mod
 
     monkeypatch.setattr(extract_mod, "embed_dataset", lambda *a, **kw: pytest.fail("images were encoded"))
     with pytest.raises(InputError, match="--train-blocks 5, but the model's towers have 2 and 2 blocks"):

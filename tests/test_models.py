@@ -1,4 +1,4 @@
-"""engine/models.py: resolution, safe weight loading, preprocessing, encoders, offline messages."""
+"""engine/embedding/models.py: resolution, safe weight loading, preprocessing, encoders, offline messages."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fixtures_tiny import build_model, tiny_model_config, write_local_dir
-from iimm.engine.errors import InputError
-from iimm.engine.models import (
+from iimm.errors import InputError
+from iimm.engine.embedding.models import (
     MODEL_ALIASES, class_text_embeddings, encode_images, encode_texts, file_fingerprint,
     load_model, resolve_model,
 )
-from iimm.engine.model_catalog import list_model_entries
+from iimm.engine.embedding.model_catalog import list_model_entries
 
 
 class Secret:
@@ -113,8 +113,8 @@ def test_fingerprint_tracks_weights_not_path(tmp_path, tiny_model_dir):
 
 def test_weights_are_hashed_only_where_the_store_needs_the_fingerprint(tmp_path, tiny_model_dir, digits_png_dir,
                                                                          monkeypatch):
-    import iimm.engine.models as models_mod
-    from iimm.engine.extract import embed_dataset
+    import iimm.engine.embedding.models as models_mod
+    from iimm.engine.embedding.extract import embed_dataset
 
     hashed = []
     real = models_mod.file_fingerprint
@@ -203,8 +203,8 @@ def test_offline_message_and_cache_detection(tmp_path, digits_png_dir):
     (hub / "models--timm--vit_base_patch16_clip_224.openai" / "refs" / "main").write_text("abc123")
     script = textwrap.dedent("""
         import json
-        from iimm.engine.models import resolve_model, ModelUnavailable
-        from iimm.engine.model_catalog import is_cached
+        from iimm.engine.embedding.models import resolve_model, ModelUnavailable
+        from iimm.engine.embedding.model_catalog import is_cached
         out = {"cached_b16": is_cached("ViT-B-16", "openai"), "cached_b32": is_cached("ViT-B-32", "openai")}
         try:
             resolve_model("clip")

@@ -19,7 +19,7 @@ import torch
 from scipy.spatial.distance import cdist
 
 import iimm.engine  # noqa: F401  (the engine package must initialise before iimm.kernels)
-from iimm.engine.errors import InputError
+from iimm.errors import InputError
 from iimm.kernels import get_backend, numba_class_sums, numba_cpu, numba_cross_reduce, numba_pairwise, reference
 from iimm.kernels.numba_rows import HALF_BY_INSTRUCTION, half_bits_to_float
 

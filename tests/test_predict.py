@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from iimm.engine.errors import InputError
-from iimm.engine.predict import (CALIBRATION_VERSION, Calibration, TaskPoint, fit_calibration, fit_line, predict,
+from iimm.errors import InputError
+from iimm.engine.calibration.fit import (CALIBRATION_VERSION, Calibration, TaskPoint, fit_calibration, fit_line, predict,
                                  rank_among, rank_correlations, task_points)
 
 
@@ -386,7 +386,7 @@ def test_calibration_from_json_rejects_bad_files(tmp_path, content, match):
 # ---- plots ---------------------------------------------------------------------------------------
 
 def test_plot_calibration_writes_png_atomically(tmp_path):
-    from iimm.engine.plots import plot_calibration
+    from iimm.engine.calibration.plots import plot_calibration
     records = make_records(6)
     cal = fit_calibration(records, "clip", "lora", compare_keys=[], permutations=0)
     out = plot_calibration(cal, records + make_records(3, seed=9, method="full"), tmp_path / "cal.png",
@@ -452,7 +452,7 @@ def test_predict_command_warns_outside_range_and_writes_table_and_plot(tmp_path,
 
 
 def test_predict_command_without_calibration_reports_iimm(hand_npz, tmp_path):
-    from iimm.engine.store import Store
+    from iimm.engine.embedding.store import Store
 
     store = Store(tmp_path / "store")
     for i, value in enumerate((0.1, 0.5, 0.2)):  # IIMMs of tasks scored earlier

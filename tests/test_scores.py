@@ -150,7 +150,7 @@ def test_bad_rows_are_named():
 
 
 def test_baseline_keys_go_through_score_with_their_options():
-    from iimm.engine.transfer import compute_transfer
+    from iimm.engine.scoring.baselines import compute_transfer
 
     x, y, t = structured(13, 150, 24, 5)
     es = EmbeddingSet.from_arrays(x, y, t)
@@ -164,8 +164,8 @@ def test_baseline_keys_go_through_score_with_their_options():
 
 
 def test_metric_groups():
-    from iimm.engine.scores import resolve_keys
-    from iimm.engine.transfer import TRANSFER_SCORES
+    from iimm.engine.scoring.scores import resolve_keys
+    from iimm.engine.scoring.baselines import TRANSFER_SCORES
 
     assert resolve_keys("all") == ALL
     assert resolve_keys("baselines") == list(TRANSFER_SCORES)

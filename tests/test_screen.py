@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from iimm.cli.main import cli
 from iimm.engine import load_catalog, score
-from iimm.engine.extract import embed_dataset
-from iimm.engine.screen import screen
+from iimm.engine.embedding.extract import embed_dataset
+from iimm.engine.calibration.screen import screen
 
 
 def digit_task(root, digits_png_dir, name, classes):
@@ -53,7 +53,7 @@ def test_screen_ranks_by_iimm_and_reports_the_broken_dataset(catalog, tiny_model
 
 
 def test_screen_second_run_uses_cached_embeddings(catalog, tiny_model_dir, tmp_path, monkeypatch):
-    import iimm.engine.models as models_mod
+    import iimm.engine.embedding.models as models_mod
 
     loads, real_load = [], models_mod.load_model
     monkeypatch.setattr(models_mod, "load_model", lambda *a, **kw: loads.append(a) or real_load(*a, **kw))
@@ -78,8 +78,8 @@ def test_screen_json(catalog, tiny_model_dir, tmp_path):
 
 
 def test_ncti_is_combined_across_models_only():
-    from iimm.engine.screen import ScreenRow, add_combined_ncti
-    from iimm.engine.transfer import combine_ncti
+    from iimm.engine.calibration.screen import ScreenRow, add_combined_ncti
+    from iimm.engine.scoring.baselines import combine_ncti
 
     parts = [{"ncti_sc": 1.0, "ncti_cls": 0.5, "ncti_nc": 2.0}, {"ncti_sc": 3.0, "ncti_cls": 0.7, "ncti_nc": 1.0}]
     rows = [ScreenRow("a", f"m{i}", {"iimm": 0.1, **p}, 10, False) for i, p in enumerate(parts)]
@@ -91,7 +91,7 @@ def test_ncti_is_combined_across_models_only():
 
 
 def test_a_model_that_cannot_be_found_fails_once(catalog, tiny_model_dir, tmp_path):
-    from iimm.engine.screen import ALL_DATASETS
+    from iimm.engine.calibration.screen import ALL_DATASETS
 
     seen = []
     result = screen(load_catalog(catalog), [str(tmp_path / "no-such-model"), f"local-dir:{tiny_model_dir}"],
@@ -104,7 +104,7 @@ def test_a_model_that_cannot_be_found_fails_once(catalog, tiny_model_dir, tmp_pa
 
 
 def test_calibrated_rows_rank_before_uncalibrated_ones():
-    from iimm.engine.screen import ScreenResult, ScreenRow
+    from iimm.engine.calibration.screen import ScreenResult, ScreenRow
 
     def row(name, model, iimm, gain=None):
         r = ScreenRow(name, model, {"iimm": iimm}, 10, True)
@@ -119,7 +119,7 @@ def test_calibrated_rows_rank_before_uncalibrated_ones():
 def test_unmatched_calibrations_and_uncalibrated_models_are_noted(catalog, tiny_model_dir, tmp_path):
     from test_predict import make_records
 
-    from iimm.engine.predict import fit_calibration
+    from iimm.engine.calibration.fit import fit_calibration
 
     model = f"local-dir:{tiny_model_dir}"
     other = fit_calibration(make_records(model="some-other-model"), "some-other-model", "lora", permutations=0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from iimm.engine import ClassStats, EmbeddingSet, InputError, score
-from iimm.engine.scores import finalize_linear, run_pass1, run_pass2
+from iimm.engine.scoring.scores import finalize_linear, run_pass1, run_pass2
 from iimm.kernels import get_backend
 from synthetic import structured
 

@@ -11,11 +11,11 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import mutual_info_score
 
-from iimm.engine.embeddings import EmbeddingSet, load_embeddings
-from iimm.engine.errors import InputError
-from iimm.engine.transfer import (TRANSFER_SCORES, combine_ncti, compute_transfer, resolve_transfer_keys)
-from iimm.engine.transfer_formulas import logme_rows, logme_streamed
-from iimm.engine.transfer_stats import Chunk, GramStats, normalise_rows
+from iimm.engine import EmbeddingSet, load_embeddings
+from iimm.errors import InputError
+from iimm.engine.scoring.baselines import (TRANSFER_SCORES, combine_ncti, compute_transfer, resolve_transfer_keys)
+from iimm.engine.scoring.baseline_formulas import logme_rows, logme_streamed
+from iimm.engine.scoring.baseline_stats import Chunk, GramStats, normalise_rows
 from synthetic import structured
 
 ALL = list(TRANSFER_SCORES)

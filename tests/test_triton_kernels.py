@@ -35,7 +35,7 @@ try:
     # on this CPU in this process, so the whole file runs in a fresh process instead (see the last test).
     RUN_IN_SUBPROCESS = not HAS_GPU and not type(triton.language.zeros).__name__.startswith("Interpreted")
     from iimm.engine import EmbeddingSet
-    from iimm.engine.errors import InputError
+    from iimm.errors import InputError
     from iimm.kernels import get_backend, reference, triton_settings
     if not HAS_GPU and not triton_settings.INTERPRETED and not RUN_IN_SUBPROCESS:
         for name in ("triton_settings", "triton_class_sums", "triton_cross_reduce", "triton_pairwise", "triton_ops"):
@@ -396,7 +396,7 @@ def test_get_backend_triton_binds_these_launchers():
 
 
 def test_every_score_on_triton_equals_torch():
-    scores = pytest.importorskip("iimm.engine.scores")
+    scores = pytest.importorskip("iimm.engine.scoring.scores")
     g = np.random.default_rng(0)
     n, d, c = 90, 40, 7
     labels = np.arange(n) % c

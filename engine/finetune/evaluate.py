@@ -14,9 +14,9 @@ from typing import Callable
 
 import torch
 
-from ..data import ImageDataset, collate_skipping, fill_template
-from ..errors import InputError
-from ..models import encode_dtype
+from ..embedding.data import ImageDataset, collate_skipping, fill_template
+from ...errors import InputError
+from ..embedding.models import encode_dtype
 
 Progress = Callable[..., None]
 

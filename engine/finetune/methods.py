@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from ..errors import InputError
+from ...errors import InputError
 from .lora import add_lora, fused_qv_blocks
 
 METHODS = ("full", "bitfit", "attention", "lora", "adapter", "probe")

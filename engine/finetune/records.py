@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ...errors import InputError
 from ..files import write_atomic, write_json_atomic
-from ..store import ID_CHARS, hash_json, open_store
+from ..embedding.store import ID_CHARS, open_store
+from ..hashing import hash_json
 
 FINETUNE_RUNS_SCHEMA = [
     "CREATE TABLE IF NOT EXISTS finetune_runs (run_id TEXT PRIMARY KEY, model TEXT NOT NULL, pretrained TEXT, "
@@ -171,7 +172,7 @@ def load_trainable(tuned, tensors: dict[str, torch.Tensor], where: str) -> None:
 
 def load_finetuned(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"):
     """Rebuild a fine-tuned model from a checkpoint -> (TunedModel, LoadedModel of its base, info)."""
-    from ..models import load_model
+    from ..embedding.models import load_model
     from .methods import MethodOptions, tune_model
 
     tensors, info = read_checkpoint(checkpoint)

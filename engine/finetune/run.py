@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from ..data import ImageDataset, load_image_dataset, resolve_templates
-from ..errors import InputError
+from ..embedding.data import ImageDataset, load_image_dataset, resolve_templates
+from ...errors import InputError
 from ..files import write_json_atomic
-from ..store import open_store
+from ..embedding.store import open_store
 from .evaluate import accuracy, class_embeddings, prompt_tokens, summarize_seeds
 from .methods import MethodOptions, TunedModel, check_method, check_train_blocks, tune_model
 from .records import finetune_root, index_record, read_record, run_id_of, seed_dir, write_record
@@ -55,8 +55,8 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
         evaluation tasks (the same images, class names and prompts) instead of training again.
     progress: called as progress(stage, done, total) or progress(stage, done, total, metrics).
     """
-    from ..extract import default_workers, embed_dataset
-    from ..models import ModelPool, encode_dtype, load_model, resolve_device, resolve_model
+    from ..embedding.extract import default_workers, embed_dataset
+    from ..embedding.models import ModelPool, encode_dtype, load_model, resolve_device, resolve_model
 
     started = time.perf_counter()
     check_method(method)
@@ -201,7 +201,7 @@ def _zero_shot_scores(es, set_id: str | None, memo, backend: str, device: torch.
                       progress) -> dict[str, float]:
     """Every embedding score of the zero-shot embeddings, computed once per embedding set when `memo` is a Store."""
     from ... import __version__
-    from ..scores import score
+    from ..scoring.scores import score
 
     key = {"format": 1, "embedding_set": set_id, "iimm_version": __version__, "backend": backend}
     hit = memo.get_result("zeroshot_scores", key) if memo and set_id else None

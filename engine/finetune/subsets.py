@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..data import ImageDataset, load_image_dataset
-from ..errors import InputError
+from ..embedding.data import ImageDataset, load_image_dataset
+from ...errors import InputError
 
 
 def class_orders(labels: np.ndarray, seed: int, num_classes: int | None = None) -> list[np.ndarray]:

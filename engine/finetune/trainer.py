@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import ImageDataset, collate_skipping
-from ..errors import InputError
-from ..models import encode_dtype
+from ..embedding.data import ImageDataset, collate_skipping
+from ...errors import InputError
+from ..embedding.models import encode_dtype
 from .evaluate import accuracy, autocast, class_embeddings
 from .records import (CHECKPOINT_FILE, RESUME_FILE, RESUME_FORMAT, load_tensors, load_trainable, save_checkpoint,
                       save_tensors)

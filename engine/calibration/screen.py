@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from .catalog import Catalog, Dataset
-from .extract import embed_dataset
-from .errors import one_line
-from .models import ModelPool, ModelSpec, resolve_model
-from .predict import Calibration, predict
-from .scores import score
-from .store import open_store
-from .transfer import NCTI_PARTS, combine_ncti
+from ..embedding.extract import embed_dataset
+from ...errors import one_line
+from ..embedding.models import ModelPool, ModelSpec, resolve_model
+from .fit import Calibration, predict
+from ..scoring.scores import score
+from ..embedding.store import open_store
+from ..scoring.baselines import NCTI_PARTS, combine_ncti
 
 
 @dataclass

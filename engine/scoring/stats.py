@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels import Backend
-from ..errors import InputError, bad_row_error
+from ...kernels import Backend
+from ...errors import InputError, bad_row_error
 
 
 def _check_rows(first_bad: int, start: int, rows) -> None:

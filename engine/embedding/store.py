@@ -19,7 +19,6 @@ a torn row. Other modules add their own tables (fine-tune runs, calibrations) wi
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sqlite3
@@ -29,7 +28,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-from .errors import InputError
+from ...errors import InputError
+from ..hashing import hash_json
 
 BUSY_TIMEOUT_MS = 60_000
 ID_CHARS = 24
@@ -82,11 +82,6 @@ def default_store_root() -> Path:
     """`$IIMM_HOME` if set, else `~/.cache/iimm`."""
     home = os.environ.get("IIMM_HOME")
     return Path(home).expanduser() if home else Path("~/.cache/iimm").expanduser()
-
-
-def hash_json(obj: Any) -> str:
-    """Stable sha256 hex digest of a JSON-able value (keys sorted)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _enable_wal(con: sqlite3.Connection) -> None:

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from .catalog import Catalog, Dataset
-from .data import ImageDataset, load_image_dataset, resolve_templates
-from .errors import InputError, one_line
-from .finetune import EvalTask, MethodOptions, TrainConfig, finetune
-from .predict import MIN_TASKS, Calibration, fit_calibration
-from .store import Store, open_store
+from ..embedding.data import ImageDataset, load_image_dataset, resolve_templates
+from ...errors import InputError, one_line
+from ..finetune import EvalTask, MethodOptions, TrainConfig, finetune
+from .fit import MIN_TASKS, Calibration, fit_calibration
+from ..embedding.store import Store, open_store
 
 CALIBRATION_SCHEMA = [
     "CREATE TABLE IF NOT EXISTS calibrations (id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, "

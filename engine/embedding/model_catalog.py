@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .models import MODEL_ALIASES
+MODEL_ALIASES: dict[str, tuple[str, str]] = {
+    "clip": ("ViT-B-32", "openai"),
+    "siglip": ("ViT-B-16-SigLIP", "webli"),
+    "coca": ("coca_ViT-B-32", "laion2b_s13b_b90k"),
+    "eva02": ("EVA02-B-16", "merged2b_s8b_b131k"),
+}
 
 
 @dataclass(frozen=True)

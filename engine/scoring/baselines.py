@@ -25,11 +25,11 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from .embeddings import EmbeddingSet
-from .errors import InputError
-from .transfer_formulas import (emms, gbc, hscore, leep_conditional, logme_rows, logme_streamed,
+from ..embedding.embedding_set import EmbeddingSet
+from ...errors import InputError
+from .baseline_formulas import (emms, gbc, hscore, leep_conditional, logme_rows, logme_streamed,
                                 ncti_parts, nce, sfda_classifier, sfda_other_means, transrate)
-from .transfer_stats import (Chunk, ClassScatterStats, GramStats, LeepSum, ZeroShotJointStats, normalise_rows,
+from .baseline_stats import (Chunk, ClassScatterStats, GramStats, LeepSum, ZeroShotJointStats, normalise_rows,
                              softmax, stream_rows)
 
 DEFAULT_LOGIT_SCALE = 100.0

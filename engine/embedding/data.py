@@ -23,7 +23,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from .errors import InputError
+from ...errors import InputError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                               ".pbm", ".jfif"})
@@ -233,13 +233,13 @@ def _check_name(name) -> str:
     return name.strip()
 
 
-def _natural_key(s: str):
+def natural_key(s: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
 
 
 def _scan_class_folders(root: Path) -> tuple[list[str], list[str], list[ImageItem]]:
     class_dirs = sorted((e for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")),
-                        key=lambda e: _natural_key(e.name))
+                        key=lambda e: natural_key(e.name))
     if not class_dirs:
         raise InputError(f"{root} has no class subfolders; arrange images as ROOT/<class name>/<image> or pass a "
                          f".csv/.jsonl manifest")
@@ -252,7 +252,7 @@ def _scan_class_folders(root: Path) -> tuple[list[str], list[str], list[ImageIte
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             files.extend(os.path.join(dirpath, f) for f in filenames
                          if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
-        files.sort(key=lambda f: _natural_key(os.path.relpath(f, entry.path)))
+        files.sort(key=lambda f: natural_key(os.path.relpath(f, entry.path)))
         items.extend(ImageItem(os.path.abspath(f), label) for f in files)
     return keys, display, items
 
@@ -266,7 +266,7 @@ def _read_manifest(path: Path, n_listed_names: int | None) -> tuple[list[str], l
     if as_index:
         keys = [str(i) for i in range(n_listed_names)]
     else:
-        keys = sorted(set(labels), key=_natural_key)
+        keys = sorted(set(labels), key=natural_key)
     index = {k: i for i, k in enumerate(keys)}
     items = []
     for r, lab in zip(rows, labels):

@@ -30,16 +30,11 @@ from typing import Callable, MutableMapping
 import torch
 import torch.nn.functional as F
 
-from ..kernels import resolve_device
-from .errors import InputError, IimmError
-from .store import hash_json
+from ...kernels import resolve_device
+from ...errors import InputError, IimmError
+from ..hashing import hash_json
+from .model_catalog import MODEL_ALIASES, is_cached
 
-MODEL_ALIASES: dict[str, tuple[str, str]] = {
-    "clip": ("ViT-B-32", "openai"),
-    "siglip": ("ViT-B-16-SigLIP", "webli"),
-    "coca": ("coca_ViT-B-32", "laion2b_s13b_b90k"),
-    "eva02": ("EVA02-B-16", "merged2b_s8b_b131k"),
-}
 RANDOM_WEIGHTS = "random"
 RANDOM_INIT_SEED = 0
 TEXT_BATCH = 256
@@ -335,7 +330,6 @@ def _resolve_builtin_weights(name: str, architecture: str, pretrained: str | Non
 
     if pretrained is None:
         return None
-    from .model_catalog import is_cached
 
     tag_cfg = open_clip.get_pretrained_cfg(architecture, pretrained)
     if tag_cfg:

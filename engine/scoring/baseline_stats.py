@@ -15,8 +15,8 @@ from typing import Callable, Iterable
 import numpy as np
 from scipy import sparse
 
-from .embeddings import EmbeddingSet
-from ..errors import InputError, bad_row_error
+from ..embedding.embedding_set import EmbeddingSet
+from ...errors import InputError, bad_row_error
 
 
 def normalise_rows(rows: np.ndarray, first_row: int = 0) -> np.ndarray:

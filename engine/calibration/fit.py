@@ -19,8 +19,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import stats
 
-from .errors import InputError
-from .files import write_atomic
+from ...errors import InputError
+from ..files import write_atomic
 
 CALIBRATION_FORMAT = "iimm-calibration"
 CALIBRATION_VERSION = 1

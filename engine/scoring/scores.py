@@ -16,10 +16,10 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .. import __version__
-from ..kernels import Backend, get_backend
-from .embeddings import EmbeddingSet
-from .errors import InputError
+from ... import __version__
+from ...kernels import Backend, get_backend
+from ..embedding.embedding_set import EmbeddingSet
+from ...errors import InputError
 from .stats import (ClassStats, PairwiseSilhouetteStats, SilhouetteClassStats, SilhouetteModalityStats,
                     ZeroShotStats, silhouette_values)
 
@@ -103,7 +103,7 @@ def resolve_keys(keys: Iterable[str] | str | None) -> list[str]:
     None or "all": every embedding score of `SCORES`; "baselines": every transferability
     baseline (`engine.transfer`); "everything": both; aliases such as "ncti" expand to their parts.
     """
-    from .transfer import TRANSFER_ALIASES, TRANSFER_SCORES
+    from .baselines import TRANSFER_ALIASES, TRANSFER_SCORES
 
     if keys is None:
         keys = ["all"]
@@ -152,7 +152,7 @@ def score(embeddings: EmbeddingSet, keys: Iterable[str] | str | None = None, bac
     progress: called as progress(stage, rows_done, rows_total).
     """
     started = time.perf_counter()
-    from .transfer import DEFAULT_BASELINE_SAMPLE, DEFAULT_LOGIT_SCALE, TRANSFER_SCORES, compute_transfer
+    from .baselines import DEFAULT_BASELINE_SAMPLE, DEFAULT_LOGIT_SCALE, TRANSFER_SCORES, compute_transfer
 
     keys = resolve_keys(keys)
     transfer_keys = [k for k in keys if k in TRANSFER_SCORES]

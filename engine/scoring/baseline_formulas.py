@@ -18,9 +18,9 @@ import math
 import numpy as np
 from scipy import linalg
 
-from .errors import InputError
+from ...errors import InputError
 
-from .transfer_stats import ClassScatterStats, GramStats, ZeroShotJointStats, gram_matrix, softmax
+from .baseline_stats import ClassScatterStats, GramStats, ZeroShotJointStats, gram_matrix, softmax
 
 LOGME_EPSILON = 1e-5          # thuml/LogME adds it to both denominators of the fixed-point update
 GBC_VARIANCE_FLOOR = 1e-4

@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..kernels import BACKENDS, get_backend, resolve_device, triton_interpreted
-from .errors import IimmError, InputError
+from ...kernels import BACKENDS, get_backend, resolve_device, triton_interpreted
+from ...errors import IimmError, InputError
 from .scores import PAIR_TILE, finalize_linear, pairwise_silhouette
 from .stats import ClassStats, ZeroShotStats
 

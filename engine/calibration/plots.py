@@ -8,9 +8,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .files import write_atomic
-from .predict import Calibration, task_points
+from ...errors import InputError
+from ..files import write_atomic
+from .fit import Calibration, task_points
 
 OUTCOME_LABELS = {"gain": "in-domain gain", "normalized_gain": "normalised gain",
                   "forgetting": "forgetting (mean OOD change)"}

@@ -8,7 +8,7 @@
     templates = ["a satellite photo of {}."] # optional: a list, a templates file, or a built-in set name
     probe_only = false                 # true: used only as an out-of-domain probe, never screened
 
-Conventions are those of `engine/data.py` (and the --classnames / --templates options):
+Conventions are those of `engine/embedding/data.py` (and the --classnames / --templates options):
 templates hold one `{}` for the class name. Relative paths are resolved against the
 catalog's folder. Every validation error names the file, the table and the key, e.g.
 `catalog.toml: [[dataset]] #3 ('eurosat'): key 'path' ...`.
@@ -22,8 +22,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import MANIFEST_EXTENSIONS, PLACEHOLDER, list_template_sets, load_classnames
-from .errors import InputError
+from ..embedding.data import MANIFEST_EXTENSIONS, PLACEHOLDER, list_template_sets, load_classnames
+from ...errors import InputError
 
 if sys.version_info >= (3, 11):
     import tomllib

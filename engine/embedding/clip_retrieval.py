@@ -23,9 +23,9 @@ from typing import Callable
 
 import numpy as np
 
-from .data import _natural_key, apply_classnames, load_classnames
-from .embeddings import EmbeddingSet, _labels_int64, names_by_index
-from .errors import InputError
+from .data import natural_key, apply_classnames, load_classnames
+from .embedding_set import EmbeddingSet, labels_int64, names_by_index
+from ...errors import InputError
 
 ClassTexts = Callable[[list[str]], np.ndarray]
 
@@ -57,7 +57,7 @@ def load_clip_retrieval(path: str | Path, mmap: bool = True, class_texts: ClassT
         if label_column is not None:
             raise InputError(f"{path} has label.npy, which gives every row's class; drop --label-column or "
                              f"remove label.npy to read the classes from the metadata")
-        label = _labels_int64(np.load(path / "label.npy", allow_pickle=False), path / "label.npy")
+        label = labels_int64(np.load(path / "label.npy", allow_pickle=False), path / "label.npy")
         keys = None
     else:
         label, keys = _labels_from_metadata(path, list(parts), [len(b) for b in blocks], label_column, listed)
@@ -123,12 +123,12 @@ def _labels_from_metadata(path: Path, parts: list[int], rows: list[int], label_c
     if len(kinds) > 1:
         raise InputError(f"{path}: the metadata column {column!r} holds numbers in some partitions and text in "
                          f"others; give every image its class the same way")
-    if kinds == {"number"}:  # class indices (whole floats included; _labels_int64 refuses fractions)
-        return _labels_int64(np.concatenate(values), f"{path}: metadata column {column!r}"), None
+    if kinds == {"number"}:  # class indices (whole floats included; labels_int64 refuses fractions)
+        return labels_int64(np.concatenate(values), f"{path}: metadata column {column!r}"), None
     col = np.concatenate(values) if values else np.array([], dtype=object)
     if from_folders:
         col = np.array([Path(str(p)).parent.name for p in col], dtype=object)
-    keys = sorted({str(v) for v in col}, key=_natural_key)
+    keys = sorted({str(v) for v in col}, key=natural_key)
     if from_folders and ("" in keys or len(keys) < 2):
         raise InputError(f"{path}: the image paths in the metadata give {len(keys)} class folder(s) "
                          f"({', '.join(repr(k) for k in keys[:3])}); pass --label-column with the column that holds "

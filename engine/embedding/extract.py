@@ -18,12 +18,14 @@ import numpy as np
 import torch
 
 from .data import ImageDataset, collate_skipping, load_image_dataset, resolve_templates
-from .embeddings import EmbeddingSet, load_embeddings
-from .errors import InputError
+from .embedding_set import EmbeddingSet
+from .loaders import load_embeddings
+from ...errors import InputError
 from .models import (LoadedModel, ModelPool, ModelSpec, class_text_embeddings, encode_dtype, encode_images,
                      load_model, resolve_device, resolve_model)
-from .files import write_json_atomic, write_npy_atomic
-from .store import ID_CHARS, Store, hash_json, open_store, shard_name
+from ..files import write_json_atomic, write_npy_atomic
+from ..hashing import hash_json
+from .store import ID_CHARS, Store, open_store, shard_name
 
 DEFAULT_SHARD_ROWS = 8192
 STORE_DTYPES = {"fp16": np.float16, "fp32": np.float32}
@@ -146,7 +148,7 @@ class _Run:
         the weights are never hashed."""
         import open_clip
 
-        from .. import __version__
+        from ... import __version__
         return {"model": self.spec.name, "pretrained": self.spec.pretrained, "architecture": self.spec.architecture,
                 "model_fingerprint": fingerprint, "preprocess": self.spec.preprocess_cfg,
                 "logit_scale": self.lm.logit_scale,
