@@ -34,12 +34,31 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, so no other thread sees it change)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | str | None = None,
                  writer: Callable[[IO[bytes]], None] | None = None) -> Path:
-    """Write `data` (or whatever `writer(f)` writes to the binary file f) to `path` atomically."""
+    """Write `data` (or whatever `writer(f)` writes to the binary file f) to `path` atomically.
+
+    The file gets the mode a plain `open(path, "w")` would give (0666 less the umask: 0644 under umask 022),
+    not the 0600 of the temporary file it starts as.
+    """
     path = check_writable(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             if writer is not None:
                 writer(f)
