@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from ..engine.calibration.runs import calibrate, record_calibration
+from ..engine.calibration.runs import TaskRuns, calibrate, record_calibration
 from ..engine.calibration.catalog import load_catalog
 from ..engine.files import write_atomic
-from ..engine.finetune import METHODS
+from ..engine.finetune import METHODS, EvalOptions
 from ..engine.calibration.plots import plot_calibration
 from .finetune import TrainingProgress
 from .render import table, to_csv, writable_path
@@ -73,11 +73,11 @@ def calibrate_cmd(catalog, model, pretrained, methods, training, batch_size, tes
         click.echo(f"iimm: {task} ({method}) failed: {message}", err=True)
 
     with TrainingProgress(",".join(methods), enabled=progress) as bar:
+        runs = TaskRuns(seeds=training.seeds, seed=training.seed, split_seed=training.split_seed,
+                        test_fraction=test_fraction, evaluation=EvalOptions(score_backend=backend))
         run = calibrate(cat, model, methods, pretrained=pretrained, config=training.config(batch_size),
-                        options=training.method_options(), seeds=training.seeds, seed=training.seed,
-                        split_seed=training.split_seed, test_fraction=test_fraction, device=device, workers=workers,
-                        store=store, score_backend=backend, permutations=permutations, progress=bar,
-                        on_failure=on_failure)
+                        options=training.method_options(), runs=runs, device=device, workers=workers, store=store,
+                        permutations=permutations, progress=bar, on_failure=on_failure)
     several = len(methods) > 1
     for method in methods:
         cal = run.calibrations[method]

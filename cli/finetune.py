@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import InputError
-from ..engine.finetune import METHODS
+from ..engine.finetune import METHODS, DataOptions, EvalOptions
 from ..engine.finetune import finetune as run_finetune
 from .extract_options import extraction_options
 from .progress import ProgressBar
@@ -121,16 +121,16 @@ def finetune(extract, training, method, test_path, test_fraction, eval_paths, oo
     if options.train_blocks is not None and method != "attention":
         raise InputError(f"--train-blocks chooses the blocks of --method attention; drop it for --method {method}")
     kw = extract.embed_kwargs()
+    data_options = DataOptions(test=test_path, test_fraction=test_fraction, evals=eval_paths, ood_val=ood_val,
+                               templates=kw["templates"], template_file=kw["template_file"],
+                               template_set=kw["template_set"], classnames=kw["classnames"], split=kw["split"],
+                               domain=kw["domain"], task=task, split_seed=training.split_seed)
+    evaluation = EvalOptions(dtype=kw["dtype"], use_cache=kw["use_cache"], max_skip_frac=kw["max_skip_frac"],
+                             batch_size=kw["batch_size"], score_backend=backend)
     with TrainingProgress(method, enabled=progress) as bar:
-        result = run_finetune(
-            extract.model, extract.data, method, pretrained=kw["pretrained"], config=cfg, options=options,
-            test=test_path, test_fraction=test_fraction, evals=eval_paths, ood_val=ood_val,
-            templates=kw["templates"], template_file=kw["template_file"], template_set=kw["template_set"],
-            classnames=kw["classnames"], split=kw["split"], domain=kw["domain"], task=task, seeds=training.seeds,
-            seed=training.seed, split_seed=training.split_seed, device=device, workers=kw["workers"],
-            store=kw["store"], resume=resume, reuse=reuse,
-            embed_options={"dtype": kw["dtype"], "use_cache": kw["use_cache"], "max_skip_frac": kw["max_skip_frac"],
-                           "batch_size": kw["batch_size"]},
-            score_backend=backend, progress=bar)
+        result = run_finetune(extract.model, extract.data, method, pretrained=kw["pretrained"], config=cfg,
+                              options=options, data_options=data_options, evaluation=evaluation,
+                              seeds=training.seeds, seed=training.seed, device=device, workers=kw["workers"],
+                              store=kw["store"], resume=resume, reuse=reuse, progress=bar)
     record = {**result.record, "path": str(result.run_dir / "record.json")}
     emit(to_json(record) if fmt == "json" else record_table(record), output)

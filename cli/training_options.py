@@ -6,11 +6,13 @@ from dataclasses import dataclass
 
 import click
 
-from ..engine.finetune import MethodOptions, TrainConfig
+from ..engine.finetune import DataOptions, MethodOptions, TrainConfig
 from ..engine.finetune.trainer import OPTIMIZERS, SCHEDULES
 from .option_group import option_group
 
-TRAIN_BATCH_DEFAULT = 128
+_TRAIN = TrainConfig()  # the CLI's defaults are the engine's
+_METHOD = MethodOptions()
+TRAIN_BATCH_DEFAULT = _TRAIN.batch_size
 
 
 @dataclass
@@ -46,15 +48,17 @@ class TrainingOptions:
 
 
 _OPTIONS = [
-    click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
+    click.option("--epochs", type=click.IntRange(min=1), default=_TRAIN.epochs, show_default=True),
     click.option("--lr", type=click.FloatRange(min=0, min_open=True),
                  help="Learning rate [default: per method and optimizer, e.g. sgd full 1e-4, lora 1e-3]."),
-    click.option("--wd", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="Weight decay."),
-    click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True,
+    click.option("--wd", type=click.FloatRange(min=0), default=_TRAIN.wd, show_default=True, help="Weight decay."),
+    click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_TRAIN.optimizer, show_default=True,
                  help="sgd (momentum 0.9) or adamw."),
-    click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True),
-    click.option("--warmup", type=click.IntRange(min=0), default=0, show_default=True, help="Linear warm-up steps."),
-    click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+    click.option("--schedule", type=click.Choice(SCHEDULES), default=_TRAIN.schedule, show_default=True),
+    click.option("--warmup", type=click.IntRange(min=0), default=_TRAIN.warmup, show_default=True,
+                 help="Linear warm-up steps."),
+    click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=_TRAIN.val_fraction,
+                 show_default=True,
                  help="Share of each class held out to choose the best epoch (0: keep the last epoch)."),
     click.option("--shots", type=click.IntRange(min=1), help="Few-shot: train on K images per class."),
     click.option("--fraction", type=click.FloatRange(0, 1, min_open=True),
@@ -62,15 +66,15 @@ _OPTIONS = [
     click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Repeat the run with this many seeds; report mean and standard deviation."),
     click.option("--seed", type=int, default=0, show_default=True, help="First seed."),
-    click.option("--split-seed", type=int, default=0, show_default=True,
+    click.option("--split-seed", type=int, default=DataOptions().split_seed, show_default=True,
                  help="Seed of the test/validation splits (the same for every run seed)."),
-    click.option("--select-on", type=click.Choice(["val", "ood"]), default="val", show_default=True,
+    click.option("--select-on", type=click.Choice(["val", "ood"]), default=_TRAIN.select_on, show_default=True,
                  help="Choose the best epoch on in-domain validation, or on --ood-val."),
-    click.option("--rank", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA rank."),
-    click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True,
+    click.option("--rank", type=click.IntRange(min=1), default=_METHOD.rank, show_default=True, help="LoRA rank."),
+    click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=_METHOD.alpha, show_default=True,
                  help="LoRA alpha (updates scaled by alpha/rank)."),
     click.option("--lora-mlp", is_flag=True, help="LoRA also on every Linear of each block's MLP."),
-    click.option("--reduction", type=click.IntRange(min=1), default=4, show_default=True,
+    click.option("--reduction", type=click.IntRange(min=1), default=_METHOD.reduction, show_default=True,
                  help="CLIP-Adapter bottleneck reduction."),
     click.option("--train-blocks", type=click.IntRange(min=1),
                  help="attention: train the first K blocks of each tower."),

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Sequence
 
 from .catalog import Catalog, Dataset
 from ..embedding.data import ImageDataset, load_image_dataset, resolve_templates
 from ...errors import InputError, one_line
-from ..finetune import EvalTask, MethodOptions, TrainConfig, finetune
+from ..finetune import DataOptions, EvalOptions, EvalTask, MethodOptions, TrainConfig, finetune
 from .fit import MIN_TASKS, Calibration, fit_calibration
 from ..embedding.store import Store, open_store
 
@@ -70,75 +70,123 @@ def eval_task(ds: Dataset) -> EvalTask:
     return EvalTask(ds.name, data, templates)
 
 
+@dataclass(frozen=True)
+class TaskRuns:
+    """How each task's reference fine-tune runs (besides its TrainConfig and MethodOptions).
+
+    seeds / seed: run seeds; split_seed: seed of the test and validation splits; test_fraction: the
+    test share of a task without a catalog `test`; evaluation: how the baseline and accuracies are measured.
+    """
+
+    seeds: int = 1
+    seed: int = 0
+    split_seed: int = 0
+    test_fraction: float = 0.2
+    evaluation: EvalOptions = EvalOptions()
+
+
+class CatalogTasks:
+    """The catalog's datasets, each listed once for a whole calibration (as a target and as another task),
+    whatever the number of methods and tasks."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self._targets: dict[str, tuple] = {}
+        self._others: dict[str, EvalTask] = {}
+
+    def target(self, ds: Dataset) -> tuple:
+        if ds.name not in self._targets:
+            self._targets[ds.name] = task_data(ds)
+        return self._targets[ds.name]
+
+    def others(self, ds: Dataset) -> list[EvalTask]:
+        """Every other dataset of the catalog as a task for forgetting."""
+        out = []
+        for o in self.catalog.datasets:
+            if o.name != ds.name:
+                if o.name not in self._others:
+                    self._others[o.name] = eval_task(o)
+                out.append(self._others[o.name])
+        return out
+
+
 def calibrate(catalog: Catalog, model: str, methods: Sequence[str], *, pretrained: str | None = None,
-              config: TrainConfig | None = None, options: MethodOptions | None = None, seeds: int = 1,
-              seed: int = 0, split_seed: int = 0, test_fraction: float = 0.2, device: str = "auto",
-              workers: int | None = None, store=None, score_backend: str = "auto",
-              permutations: int = 999, progress: Callable | None = None,
-              on_failure: Callable[[str, str, str], None] | None = None) -> CalibrationRun:
+              config: TrainConfig | None = None, options: MethodOptions | None = None, runs: TaskRuns | None = None,
+              device: str = "auto", workers: int | None = None, store=None, permutations: int = 999,
+              progress: Callable | None = None, on_failure: Callable[[str, str, str], None] | None = None,
+              **keywords) -> CalibrationRun:
     """Fine-tune `model` with each method on every target task of `catalog` and fit the calibrations.
 
     A task's test images are its catalog `test` (a folder, or a split of its manifest), else a
-    stratified `test_fraction` of its images (seeded by `split_seed`).
+    stratified `runs.test_fraction` of its images (seeded by `runs.split_seed`). TaskRuns' fields (and
+    `score_backend`) can also be given as keywords.
     progress: as for `finetune`, plus ("task", k, runs, {"task", "method"}) before the k-th of the runs.
     """
+    runs = _task_runs(runs, keywords)
     targets = catalog.targets
     if len(targets) < MIN_TASKS:
         raise InputError(f"{catalog.source} has {len(targets)} tasks to fine-tune; a calibration needs at least "
                          f"{MIN_TASKS} (probe_only datasets are only evaluated)")
     st = open_store(store)
     run = CalibrationRun()
-    runs = len(methods) * len(targets)
-    as_target: dict[str, tuple] = {}   # each dataset is listed once for the whole calibration,
-    as_other: dict[str, EvalTask] = {}  # whatever the number of methods and tasks
-
-    def target(ds: Dataset) -> tuple:
-        if ds.name not in as_target:
-            as_target[ds.name] = task_data(ds)
-        return as_target[ds.name]
-
-    def other(ds: Dataset) -> EvalTask:
-        if ds.name not in as_other:
-            as_other[ds.name] = eval_task(ds)
-        return as_other[ds.name]
-
+    tasks = CatalogTasks(catalog)
+    total = len(methods) * len(targets)
     for m, method in enumerate(methods):
         records = []
         for t, ds in enumerate(targets):
             if progress is not None:
-                progress("task", m * len(targets) + t + 1, runs, {"task": ds.name, "method": method})
+                progress("task", m * len(targets) + t + 1, total, {"task": ds.name, "method": method})
             try:
-                train, test = target(ds)
-                held_out = None if test is not None or ds.test_split == "test" else test_fraction
-                evals = [other(o) for o in catalog.datasets if o.name != ds.name]
-                result = finetune(model, train, method, pretrained=pretrained, config=config, options=options,
-                                  test=test, test_fraction=held_out, evals=evals,
-                                  templates=list(ds.templates) if ds.templates else None,
-                                  template_file=ds.template_file, template_set=ds.template_set,
-                                  classnames=ds.classnames, task=ds.name, seeds=seeds, seed=seed,
-                                  split_seed=split_seed, device=device,
-                                  workers=workers, store=st, score_backend=score_backend, reuse=True, resume=True,
-                                  progress=progress)
+                records.append(fine_tune_task(tasks, ds, model, method, pretrained=pretrained, config=config,
+                                              options=options, runs=runs, device=device, workers=workers, store=st,
+                                              progress=progress))
             except Exception as exc:  # noqa: BLE001 - one task's failure is reported, the others go on
                 message = one_line(exc)
                 run.failures.append((ds.name, method, message))
                 if on_failure:
                     on_failure(ds.name, method, message)
-                continue
-            records.append(result.record)
         run.records[method] = records
-        run.calibrations[method] = None
-        if len(records) < MIN_TASKS:
-            run.unfitted[method] = (f"only {len(records)} task(s) finished; a calibration needs at least "
-                                    f"{MIN_TASKS}")
-            continue
-        try:  # one method that cannot be fitted must not lose the others' calibrations
-            run.calibrations[method] = fit_calibration(records, model, method,
-                                                       pretrained=records[0].get("pretrained"),
-                                                       permutations=permutations)
-        except InputError as exc:
-            run.unfitted[method] = str(exc)
+        run.calibrations[method], reason = fit_method(records, model, method, permutations)
+        if reason is not None:
+            run.unfitted[method] = reason
     return run
+
+
+def fine_tune_task(tasks: CatalogTasks, ds: Dataset, model: str, method: str, *, pretrained, config, options,
+                   runs: TaskRuns, device, workers, store, progress) -> dict:
+    """The record of one task's reference fine-tune: reused when finished, resumed when interrupted."""
+    train, test = tasks.target(ds)
+    held_out = None if test is not None or ds.test_split == "test" else runs.test_fraction
+    data = DataOptions(test=test, test_fraction=held_out, evals=tasks.others(ds),
+                       templates=list(ds.templates) if ds.templates else None, template_file=ds.template_file,
+                       template_set=ds.template_set, classnames=ds.classnames, task=ds.name,
+                       split_seed=runs.split_seed)
+    return finetune(model, train, method, pretrained=pretrained, config=config, options=options, data_options=data,
+                    evaluation=runs.evaluation, seeds=runs.seeds, seed=runs.seed, device=device, workers=workers,
+                    store=store, reuse=True, resume=True, progress=progress).record
+
+
+def fit_method(records: list[dict], model: str, method: str, permutations: int) -> tuple[Calibration | None,
+                                                                                         str | None]:
+    """(calibration, None), or (None, why not) when too few tasks finished or there is no relation to fit."""
+    if len(records) < MIN_TASKS:
+        return None, f"only {len(records)} task(s) finished; a calibration needs at least {MIN_TASKS}"
+    try:  # one method that cannot be fitted must not lose the others' calibrations
+        return fit_calibration(records, model, method, pretrained=records[0].get("pretrained"),
+                               permutations=permutations), None
+    except InputError as exc:
+        return None, str(exc)
+
+
+def _task_runs(runs: TaskRuns | None, keywords: dict) -> TaskRuns:
+    runs = runs or TaskRuns()
+    if "score_backend" in keywords:
+        runs = replace(runs, evaluation=replace(runs.evaluation, score_backend=keywords.pop("score_backend")))
+    names = {f.name for f in fields(TaskRuns)}
+    unknown = set(keywords) - names
+    if unknown:
+        raise TypeError(f"calibrate() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    return replace(runs, **keywords)
 
 
 def record_calibration(store: Store | str | None, calibration: Calibration, path: str | None) -> int:

@@ -1,30 +1,27 @@
-"""A reference fine-tuning run end to end: splits, scores, zero-shot accuracy, seeds, evaluation, record.
+"""A reference fine-tuning run end to end: plan, zero-shot baseline, seeds, record.
 
 `finetune(model, data, method)` measures what fine-tuning does to a task the way the
 papers did: zero-shot accuracy before and fine-tuned accuracy after on the task's test
 split, accuracy before and after on other tasks (`evals`, forgetting), the zero-shot
 scores of the training images, and keeps the record and checkpoints in the store.
+Its steps: `plan_run` (options, splits, run id, reuse), `zero_shot_baseline`,
+`train_seeds` (the seed loop) and `build_record`.
 """
 
 from __future__ import annotations
 
 import gc
-import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, NamedTuple
 from pathlib import Path
 
 import torch
 
-from ..embedding.data import ImageDataset, load_image_dataset, resolve_templates
-from ...errors import InputError
-from ..files import write_json_atomic
-from ..embedding.store import open_store
 from .evaluate import accuracy, class_embeddings, prompt_tokens, summarize_seeds
-from .methods import MethodOptions, TunedModel, check_method, check_train_blocks, tune_model
-from .records import finetune_root, index_record, read_record, run_id_of, seed_dir, write_record
-from .subsets import few_shot_subset, split_task, subset
+from .methods import MethodOptions, TunedModel, tune_model
+from .plan import (DataOptions, EvalOptions, EvalTask, RunPlan, plan_run, reused_record, split_keywords)
+from .records import seed_dir, write_record
+from .subsets import few_shot_subset, subset
 from .trainer import SeedResult, TrainConfig, train_seed
 
 
@@ -38,163 +35,116 @@ class FinetuneResult:
 
 
 def finetune(model: str, data, method: str, *, pretrained: str | None = None, config: TrainConfig | None = None,
-             options: MethodOptions | None = None, test=None, test_fraction: float | None = None, evals=(),
-             ood_val=None, templates=None, template_file=None, template_set: str | None = None, classnames=None,
-             split: str | None = None, domain: str | None = None, task: str | None = None, seeds: int = 1,
-             seed: int = 0, split_seed: int = 0, device: str | torch.device = "auto", workers: int | None = None,
-             store=None, resume: bool = False, reuse: bool = False, embed_options: dict | None = None,
-             score_backend: str = "auto", progress=None) -> FinetuneResult:
+             options: MethodOptions | None = None, data_options: DataOptions | None = None,
+             evaluation: EvalOptions | None = None, seeds: int = 1, seed: int = 0,
+             device: str | torch.device = "auto", workers: int | None = None, store=None, resume: bool = False,
+             reuse: bool = False, progress=None, **keywords) -> FinetuneResult:
     """Fine-tune `model` on the images `data` with `method` and record what happened.
 
-    data / test / evals / ood_val: class-per-folder trees, .csv/.jsonl manifests or ImageDatasets.
+    data: a class-per-folder tree, a .csv/.jsonl manifest or an ImageDataset.
+    config: the training hyperparameters; options: the method's options.
+    data_options: the test split, other tasks, prompts, class names (DataOptions);
+    evaluation: how the baseline and accuracies are measured (EvalOptions). Their fields can
+        also be given as keywords (`test_fraction=0.2`, `evals=[...]`, `score_backend="torch"`).
     seeds: runs with seeds seed, seed+1, …; the record holds their mean (and `std`).
-    embed_options: extra `embed_dataset` options for the scores' embeddings (dtype, use_cache,
-        max_skip_frac, batch_size).
-    score_backend: the compute backend of the zero-shot scores (see `iimm.engine.score`).
     reuse: return the stored record of a finished run with the same configuration, seeds and
         evaluation tasks (the same images, class names and prompts) instead of training again.
     progress: called as progress(stage, done, total) or progress(stage, done, total, metrics).
     """
-    from ..embedding.extract import default_workers, embed_dataset
-    from ..embedding.models import ModelPool, encode_dtype, load_model, resolve_device, resolve_model
-
     started = time.perf_counter()
-    check_method(method)
-    cfg = (config or TrainConfig()).resolved(method)
-    options = options or MethodOptions()
-    options.check()
-    if seeds < 1:
-        raise InputError(f"--seeds must be at least 1, got {seeds}")
-    dev = resolve_device(device)
-    workers = default_workers() if workers is None else workers
-    st = open_store(store)
-    spec = resolve_model(model, pretrained, hash_memo=st.hash_memo())
-    if method == "attention":
-        check_train_blocks(options, spec.model_cfg)
-    prompts = resolve_templates(templates, template_file, template_set)
-    splits = split_task(data, classnames=classnames, test=test, test_fraction=test_fraction,
-                        val_fraction=cfg.val_fraction, train_split=split, domain=domain, ood_val=ood_val,
-                        select_on=cfg.select_on, split_seed=split_seed)
-    names = splits.pool.classnames
-    if len(names) < 2:
-        raise InputError(f"{splits.pool.root} has {len(names)} class; fine-tuning a classifier needs at least 2")
-    others = _eval_sets(evals)
-    task = task or _name_of(data)
-    config_key = {"format": 2, "model": spec.fingerprint, "architecture": spec.architecture,
-                  "preprocess": spec.preprocess_cfg, "method": method,
-                  "options": options.relevant(method), "train": asdict(cfg), "pool": splits.pool.fingerprint(),
-                  "train_images": splits.train.fingerprint(), "val": splits.val.fingerprint() if splits.val else None,
-                  "test": splits.test.fingerprint(), "classnames": names, "templates": prompts,
-                  "split_seed": split_seed}
-    run_id = run_id_of(config_key)
-    run_dir = finetune_root(st) / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "config.json", config_key)
-    evals_key = {name: {"data": t.data.fingerprint(), "classnames": t.data.classnames,
-                        "templates": t.templates or prompts} for name, t in others.items()}
-    embed_kw = {"dtype": "fp16", "use_cache": True, "max_skip_frac": 0.05, "batch_size": 64, **(embed_options or {})}
-    scores_from = {"dtype": embed_kw["dtype"], "backend": score_backend}
-    if reuse and (run_dir / "record.json").exists():
-        done = read_record(run_dir / "record.json")
-        same = (done["hparams"].get("seeds"), done["hparams"].get("seed"), done.get("evals"), done.get("task"),
-                done.get("scores_from"))
-        if same == (seeds, seed, evals_key, task, scores_from):
-            index_record(done, run_dir / "record.json", st)
-            return FinetuneResult(done, run_dir, [])
+    data_options, evaluation = split_keywords(data_options, evaluation, keywords)
+    plan = plan_run(model, data, method, pretrained=pretrained, config=config, options=options,
+                    data_options=data_options, evaluation=evaluation, seeds=seeds, device=device, workers=workers,
+                    store=store)
+    if reuse:
+        done = reused_record(plan, seeds, seed)
+        if done is not None:
+            return FinetuneResult(done, plan.run_dir, [])
+    baseline = zero_shot_baseline(plan, progress)
+    per_seed, results, counts = train_seeds(plan, baseline, seeds, seed, resume, progress)
+    record = build_record(plan, baseline, per_seed, counts, seeds, seed, time.perf_counter() - started)
+    write_record(plan.run_dir, record, plan.store)
+    return FinetuneResult(record, plan.run_dir, results)
 
+
+# ---- the zero-shot baseline ---------------------------------------------------------------------------
+
+@dataclass
+class Baseline:
+    """The model before fine-tuning, measured.
+
+    lm: the loaded base model (the first seed trains it in place). tokens: (C·T, L) prompt tokens of
+    the task; class_emb: (C, D) its zero-shot class embeddings. other_tokens: each other task's tokens.
+    """
+
+    lm: object
+    embedding_set_id: str | None
+    scores: dict[str, float]
+    tokens: torch.Tensor
+    class_emb: torch.Tensor
+    accuracy: float
+    ood_before: dict[str, float]
+    other_tokens: dict[str, torch.Tensor]
+
+
+def zero_shot_baseline(plan: RunPlan, progress) -> Baseline:
+    """Embed the training pool once (the scores' embeddings), score it, and measure zero-shot accuracy on the
+    test split and on every other task; results are kept in the store when caching is on."""
+    from ..embedding.extract import embed_dataset
+    from ..embedding.models import ModelPool
+
+    ev = plan.evaluation
     pool = ModelPool()  # one load serves the embedding and the first seed, which then trains it in place
-    es, embedded = embed_dataset(spec, splits.pool, templates=prompts, store=st, device=dev,
-                                 workers=workers, progress=progress, models=pool, **embed_kw)
-    memo = st if embed_kw["use_cache"] else None
-    scores = _zero_shot_scores(es, embedded.set_id, memo, score_backend, dev, progress)
-    lm = pool.get(spec, dev)
-    del pool
-
-    eval_batch = embed_kw["batch_size"]
-    versions = _versions()
-    tokens = prompt_tokens(lm.tokenizer, names, prompts, dev)
+    es, embedded = embed_dataset(plan.spec, plan.splits.pool, templates=plan.prompts, store=plan.store,
+                                 device=plan.device, workers=plan.workers, progress=progress, models=pool,
+                                 **ev.embed_kwargs())
+    memo = plan.store if ev.use_cache else None
+    scores = _zero_shot_scores(es, embedded.set_id, memo, ev.score_backend, plan.device, progress)
+    lm = pool.get(plan.spec, plan.device)
+    tokens = prompt_tokens(lm.tokenizer, plan.classnames, plan.prompts, plan.device)
     zero_shot = TunedModel(lm.model, None, MethodOptions(), 0, lm.logit_scale, lm.logit_bias)
-    zs_cls = class_embeddings(zero_shot, tokens, len(names))
+    measure = ZeroShotAccuracy(plan, zero_shot, lm.preprocess, memo, progress)
+    zs_cls = class_embeddings(zero_shot, tokens, len(plan.classnames))
+    acc = measure(plan.splits.test, plan.prompts, tokens, "zero-shot test", class_emb=zs_cls)
+    other_tokens = {name: prompt_tokens(lm.tokenizer, t.data.classnames, t.templates or plan.prompts, plan.device)
+                    for name, t in plan.others.items()}
+    ood_before = {name: measure(t.data, t.templates or plan.prompts, other_tokens[name], f"zero-shot {name}")
+                  for name, t in plan.others.items()}
+    return Baseline(lm, embedded.set_id, scores, tokens, zs_cls, acc, ood_before, other_tokens)
 
-    def zero_shot_accuracy(ds: ImageDataset, templates: list[str], cls: Callable[[], torch.Tensor], stage: str):
+
+class ZeroShotAccuracy:
+    """Zero-shot accuracy of the base model on a dataset, looked up in (and kept in) the store's results."""
+
+    def __init__(self, plan: RunPlan, zero_shot: TunedModel, transform, memo, progress):
+        from ..embedding.models import encode_dtype
+
+        self.plan, self.zero_shot, self.transform, self.memo, self.progress = plan, zero_shot, transform, memo, progress
+        self.compute = encode_dtype(plan.device)
+        self.versions = versions()
+
+    def key(self, ds, templates: list[str]) -> dict:
         # format 2: logits in fp32 under autocast
-        key = {"format": 2, **versions, "model": spec.fingerprint, "preprocess": spec.preprocess_cfg,
-               "data": ds.fingerprint(), "classnames": ds.classnames, "templates": templates,
-               "compute": encode_dtype(dev), "batch_size": eval_batch}
-        hit = memo.get_result("zeroshot_accuracy", key) if memo else None
+        return {"format": 2, **self.versions, "model": self.plan.spec.fingerprint,
+                "preprocess": self.plan.spec.preprocess_cfg, "data": ds.fingerprint(), "classnames": ds.classnames,
+                "templates": templates, "compute": self.compute, "batch_size": self.plan.evaluation.batch_size}
+
+    def __call__(self, ds, templates: list[str], tokens: torch.Tensor, stage: str,
+                 class_emb: torch.Tensor | None = None) -> float:
+        """ds: the images; tokens: (C·T, L) its prompts' tokens (class_emb: (C, D) when already computed)."""
+        key = self.key(ds, templates)
+        hit = self.memo.get_result("zeroshot_accuracy", key) if self.memo else None
         if hit is not None:
             return hit["correct"] / hit["total"]
-        acc = accuracy(zero_shot, ds, cls(), lm.preprocess, use_probe=False, batch_size=eval_batch, workers=workers,
-                       progress=progress, stage=stage)
+        if class_emb is None:
+            class_emb = class_embeddings(self.zero_shot, tokens, len(ds.classnames))
+        acc = accuracy(self.zero_shot, ds, class_emb, self.transform, use_probe=False,
+                       batch_size=self.plan.evaluation.batch_size, workers=self.plan.workers,
+                       progress=self.progress, stage=stage)
         value = acc.value  # raises on a dataset without a readable image: nothing is kept then
-        if memo:
-            memo.put_result("zeroshot_accuracy", key, {"correct": acc.correct, "total": acc.total})
+        if self.memo:
+            self.memo.put_result("zeroshot_accuracy", key, {"correct": acc.correct, "total": acc.total})
         return value
-
-    zeroshot_acc = zero_shot_accuracy(splits.test, prompts, lambda: zs_cls, "zero-shot test")
-    other_tokens = {name: prompt_tokens(lm.tokenizer, t.data.classnames, t.templates or prompts, dev)
-                    for name, t in others.items()}
-    ood_before = {name: zero_shot_accuracy(t.data, t.templates or prompts,
-                                           lambda: class_embeddings(zero_shot, other_tokens[name],
-                                                                    len(t.data.classnames)),
-                                           f"zero-shot {name}")
-                  for name, t in others.items()}
-    others = {name: t.data for name, t in others.items()}
-    zero_shot = None  # its model is trained in place next; nothing else may hold it
-
-    info = {"model": model, "pretrained": spec.pretrained, "method": method, "options": asdict(options),
-            "embed_dim": int(zs_cls.shape[1]), "num_classes": len(names), "classnames": names, "templates": prompts,
-            "logit_scale": lm.logit_scale, "logit_bias": lm.logit_bias, "task": task, "run_id": run_id}
-    per_seed, results, counts = [], [], None
-    for k, s in enumerate(range(seed, seed + seeds)):
-        base = lm if k == 0 else load_model(model, pretrained, device=dev, spec=spec)
-        train_ds = splits.train
-        if cfg.shots is not None or cfg.fraction is not None:
-            train_ds = subset(train_ds, few_shot_subset(train_ds.labels, s, shots=cfg.shots, fraction=cfg.fraction,
-                                                        classnames=names, num_classes=len(names)))
-        torch.manual_seed(s)
-        tuned = tune_model(base.model, method, options, embed_dim=info["embed_dim"], logit_scale=lm.logit_scale,
-                           logit_bias=lm.logit_bias, class_embeddings=zs_cls)
-        counts = tuned.num_parameters()
-        if progress is not None:
-            progress("setup", counts[0], counts[1], {"trainable_params": counts[0], "total_params": counts[1],
-                                                     "seed": s, "train_images": len(train_ds)})
-        res = train_seed(tuned, train_ds, splits.val, tokens, len(names), lm.preprocess_train, lm.preprocess, cfg,
-                         seed=s, folder=seed_dir(run_dir, s), checkpoint_info={**info, "seed": s}, resume=resume,
-                         workers=workers, progress=progress)
-        cls = class_embeddings(tuned, tokens, len(names))
-        test_acc = accuracy(tuned, splits.test, cls, lm.preprocess, use_probe=True, batch_size=eval_batch,
-                            workers=workers, progress=progress, stage=f"seed {s} test").value
-        if method == "probe":  # both towers frozen: the other tasks' zero-shot classifiers are unchanged
-            ood_after = dict(ood_before)
-        else:
-            ood_after = {name: accuracy(tuned, ds, class_embeddings(tuned, other_tokens[name], len(ds.classnames)),
-                                        lm.preprocess, use_probe=False, batch_size=eval_batch, workers=workers,
-                                        progress=progress, stage=f"seed {s} {name}").value
-                         for name, ds in others.items()}
-        per_seed.append({"seed": s, "finetuned_acc": test_acc, "ood": ood_after, "best_epoch": res.best_epoch,
-                         "val_acc": res.best_val, "train_images": res.train_images, "skipped": len(res.skipped),
-                         "resumed_epochs": res.resumed_epochs, "checkpoint": str(res.checkpoint),
-                         "seconds": res.seconds, "history": res.history})
-        results.append(res)
-        del tuned, base
-        lm.model = None  # trained in place by the first seed; later seeds load the base afresh
-        _release(dev)
-
-    outcome = summarize_seeds(zeroshot_acc, ood_before, per_seed)
-    record = {"run_id": run_id, "model": model, "pretrained": spec.pretrained, "architecture": spec.architecture,
-              "method": method, "task": task, "data": str(splits.pool.root), "embedding_set_id": embedded.set_id,
-              "hparams": {**asdict(cfg), **options.relevant(method), "seeds": seeds, "seed": seed,
-                          "split_seed": split_seed, "templates": prompts, "test": splits.test_source,
-                          "val": splits.val_source},
-              "trainable_params": counts[0], "total_params": counts[1], **outcome, "scores": scores,
-              "scores_from": scores_from,
-              "seconds": time.perf_counter() - started, "checkpoint": _best_checkpoint(per_seed),
-              "images": {"pool": len(splits.pool), "train": len(splits.train),
-                         "val": len(splits.val) if splits.val else 0, "test": len(splits.test)},
-              "per_seed": per_seed, "evals": evals_key, "device": str(dev), "created": time.time(), **versions}
-    write_record(run_dir, record, st)
-    return FinetuneResult(record, run_dir, results)
 
 
 def _zero_shot_scores(es, set_id: str | None, memo, backend: str, device: torch.device,
@@ -213,32 +163,89 @@ def _zero_shot_scores(es, set_id: str | None, memo, backend: str, device: torch.
     return scores
 
 
-class EvalTask(NamedTuple):
-    """Another task measured before and after fine-tuning: its images and, when not the run's, its prompts."""
+# ---- the seeds ----------------------------------------------------------------------------------------
 
-    name: str
-    data: ImageDataset
-    templates: list[str] | None = None
-
-
-def _eval_sets(evals) -> dict[str, EvalTask]:
-    """evals: paths, ImageDatasets or EvalTasks -> {name: EvalTask}, names made unique."""
-    out: dict[str, EvalTask] = {}
-    for item in evals or ():
-        if not isinstance(item, EvalTask):
-            ds = item if isinstance(item, ImageDataset) else load_image_dataset(item)
-            item = EvalTask(_name_of(item), ds)
-        name, k = item.name, 2
-        while name in out:
-            name, k = f"{item.name}-{k}", k + 1
-        out[name] = item._replace(name=name)
-    return out
+def checkpoint_info(plan: RunPlan, baseline: Baseline) -> dict:
+    """What a checkpoint needs to rebuild its model (see `load_finetuned`)."""
+    lm = baseline.lm
+    return {"model": plan.model, "pretrained": plan.spec.pretrained, "method": plan.method,
+            "options": asdict(plan.options), "embed_dim": int(baseline.class_emb.shape[1]),
+            "num_classes": len(plan.classnames), "classnames": plan.classnames, "templates": plan.prompts,
+            "logit_scale": lm.logit_scale, "logit_bias": lm.logit_bias, "task": plan.task, "run_id": plan.run_id}
 
 
-def _name_of(data) -> str:
-    root = data.root if isinstance(data, ImageDataset) else str(data)
-    p = Path(os.path.normpath(root))
-    return p.stem if p.suffix.lower() in (".csv", ".jsonl") else p.name
+def train_seeds(plan: RunPlan, baseline: Baseline, seeds: int, seed: int, resume: bool,
+                progress) -> tuple[list[dict], list[SeedResult], tuple[int, int]]:
+    """Train and evaluate seeds seed … seed+seeds−1 -> (per-seed record entries, results, (trainable, total))."""
+    from ..embedding.models import load_model
+
+    lm, names, cfg = baseline.lm, plan.classnames, plan.cfg
+    info = checkpoint_info(plan, baseline)
+    per_seed, results, counts = [], [], (0, 0)
+    for k, s in enumerate(range(seed, seed + seeds)):
+        base = lm if k == 0 else load_model(plan.model, plan.spec.pretrained, device=plan.device, spec=plan.spec)
+        train_ds = plan.splits.train
+        if cfg.shots is not None or cfg.fraction is not None:
+            train_ds = subset(train_ds, few_shot_subset(train_ds.labels, s, shots=cfg.shots, fraction=cfg.fraction,
+                                                        classnames=names, num_classes=len(names)))
+        torch.manual_seed(s)
+        tuned = tune_model(base.model, plan.method, plan.options, embed_dim=info["embed_dim"],
+                           logit_scale=lm.logit_scale, logit_bias=lm.logit_bias, class_embeddings=baseline.class_emb)
+        counts = tuned.num_parameters()
+        if progress is not None:
+            progress("setup", counts[0], counts[1], {"trainable_params": counts[0], "total_params": counts[1],
+                                                     "seed": s, "train_images": len(train_ds)})
+        res = train_seed(tuned, train_ds, plan.splits.val, baseline.tokens, len(names), lm.preprocess_train,
+                         lm.preprocess, cfg, seed=s, folder=seed_dir(plan.run_dir, s),
+                         checkpoint_info={**info, "seed": s}, resume=resume, workers=plan.workers, progress=progress)
+        per_seed.append(evaluate_seed(plan, baseline, tuned, res, progress))
+        results.append(res)
+        del tuned, base
+        lm.model = None  # trained in place by the first seed; later seeds load the base afresh
+        _release(plan.device)
+    return per_seed, results, counts
+
+
+def evaluate_seed(plan: RunPlan, baseline: Baseline, tuned: TunedModel, res: SeedResult, progress) -> dict:
+    """One seed's record entry: its test accuracy and every other task's accuracy after training."""
+    lm, ev, s = baseline.lm, plan.evaluation, res.seed
+    kw = dict(batch_size=ev.batch_size, workers=plan.workers, progress=progress)
+    cls = class_embeddings(tuned, baseline.tokens, len(plan.classnames))
+    test_acc = accuracy(tuned, plan.splits.test, cls, lm.preprocess, use_probe=True, stage=f"seed {s} test",
+                        **kw).value
+    if plan.method == "probe":  # both towers frozen: the other tasks' zero-shot classifiers are unchanged
+        ood_after = dict(baseline.ood_before)
+    else:
+        ood_after = {}
+        for name, t in plan.others.items():
+            other_cls = class_embeddings(tuned, baseline.other_tokens[name], len(t.data.classnames))
+            ood_after[name] = accuracy(tuned, t.data, other_cls, lm.preprocess, use_probe=False,
+                                       stage=f"seed {s} {name}", **kw).value
+    return {"seed": s, "finetuned_acc": test_acc, "ood": ood_after, "best_epoch": res.best_epoch,
+            "val_acc": res.best_val, "train_images": res.train_images, "skipped": len(res.skipped),
+            "resumed_epochs": res.resumed_epochs, "checkpoint": str(res.checkpoint),
+            "seconds": res.seconds, "history": res.history}
+
+
+# ---- the record ---------------------------------------------------------------------------------------
+
+def build_record(plan: RunPlan, baseline: Baseline, per_seed: list[dict], counts: tuple[int, int], seeds: int,
+                 seed: int, seconds: float) -> dict:
+    """The run's record: the outcome over seeds (see `summarize_seeds`), the scores and what produced them."""
+    splits = plan.splits
+    outcome = summarize_seeds(baseline.accuracy, baseline.ood_before, per_seed)
+    return {"run_id": plan.run_id, "model": plan.model, "pretrained": plan.spec.pretrained,
+            "architecture": plan.spec.architecture, "method": plan.method, "task": plan.task,
+            "data": str(splits.pool.root), "embedding_set_id": baseline.embedding_set_id,
+            "hparams": {**asdict(plan.cfg), **plan.options.relevant(plan.method), "seeds": seeds, "seed": seed,
+                        "split_seed": plan.data.split_seed, "templates": plan.prompts, "test": splits.test_source,
+                        "val": splits.val_source},
+            "trainable_params": counts[0], "total_params": counts[1], **outcome, "scores": baseline.scores,
+            "scores_from": plan.scores_from, "seconds": seconds, "checkpoint": _best_checkpoint(per_seed),
+            "images": {"pool": len(splits.pool), "train": len(splits.train),
+                       "val": len(splits.val) if splits.val else 0, "test": len(splits.test)},
+            "per_seed": per_seed, "evals": plan.evals_key, "device": str(plan.device), "created": time.time(),
+            **versions()}
 
 
 def _best_checkpoint(per_seed: list[dict]) -> str:
@@ -255,11 +262,12 @@ def _release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _versions() -> dict:
+def versions() -> dict:
     import open_clip
 
     from ... import __version__
     return {"iimm_version": __version__, "torch_version": torch.__version__, "open_clip_version": open_clip.__version__}
 
 
-__all__ = ["FinetuneResult", "finetune"]
+__all__ = ["FinetuneResult", "finetune", "EvalTask", "DataOptions", "EvalOptions", "Baseline", "zero_shot_baseline",
+           "train_seeds", "build_record"]

@@ -1,0 +1,219 @@
+"""Planning a fine-tuning run: its options, splits, configuration key and run id, and reuse of a finished run.
+
+A run is planned before any image is encoded: the options are checked, the task's splits
+worked out, and the configuration key (everything the training depends on) hashed into
+the run id that names `<store>/finetune/<run id>/`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import torch
+
+from ...errors import InputError
+from ..embedding.data import ImageDataset, load_image_dataset, resolve_templates
+from ..embedding.store import Store, open_store
+from ..files import write_json_atomic
+from .methods import MethodOptions, check_method, check_train_blocks
+from .records import finetune_root, index_record, read_record, run_id_of
+from .subsets import TaskSplits, split_task
+from .trainer import TrainConfig
+
+CONFIG_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Where a task's images, classes and prompts come from.
+
+    test / ood_val: images with the training classes (a folder, a manifest or an ImageDataset);
+        test_fraction: hold out this share of each class as the test split instead.
+    evals: other tasks measured before and after (forgetting): paths, ImageDatasets or EvalTasks.
+    templates / template_file / template_set: the prompts (see `resolve_templates`).
+    classnames, split, domain: as for `load_image_dataset`.
+    task: the task's name in the record [default: the name of the data].
+    split_seed: seed of the test and validation splits (the same for every run seed).
+    """
+
+    test: Any = None
+    test_fraction: float | None = None
+    evals: Sequence = ()
+    ood_val: Any = None
+    templates: Sequence[str] | None = None
+    template_file: str | None = None
+    template_set: str | None = None
+    classnames: Any = None
+    split: str | None = None
+    domain: str | None = None
+    task: str | None = None
+    split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How the zero-shot baseline and the accuracies are measured.
+
+    dtype, use_cache, max_skip_frac: `embed_dataset` options of the embeddings the zero-shot scores
+        are computed on (use_cache also keeps zero-shot accuracies and scores in the store).
+    batch_size: images per batch when encoding and evaluating.
+    score_backend: compute backend of the zero-shot scores (see `iimm.engine.score`).
+    """
+
+    dtype: str = "fp16"
+    use_cache: bool = True
+    max_skip_frac: float = 0.05
+    batch_size: int = 64
+    score_backend: str = "auto"
+
+    def embed_kwargs(self) -> dict:
+        return {"dtype": self.dtype, "use_cache": self.use_cache, "max_skip_frac": self.max_skip_frac,
+                "batch_size": self.batch_size}
+
+
+def split_keywords(data: DataOptions | None, evaluation: EvalOptions | None,
+                   keywords: dict) -> tuple[DataOptions, EvalOptions]:
+    """Fold keyword arguments named after DataOptions / EvalOptions fields (and the older `embed_options`
+    dict) into the two option groups."""
+    data, evaluation = data or DataOptions(), evaluation or EvalOptions()
+    data_names = {f.name for f in fields(DataOptions)}
+    eval_names = {f.name for f in fields(EvalOptions)}
+    extra = dict(keywords.pop("embed_options", None) or {})
+    for name, value in keywords.items():
+        if name in data_names:
+            data = replace(data, **{name: value})
+        elif name in eval_names:
+            extra[name] = value
+        else:
+            raise TypeError(f"finetune() got an unexpected keyword argument {name!r}")
+    unknown = set(extra) - eval_names
+    if unknown:
+        raise TypeError(f"unknown evaluation options: {', '.join(sorted(unknown))}")
+    return data, replace(evaluation, **extra)
+
+
+class EvalTask(NamedTuple):
+    """Another task measured before and after fine-tuning: its images and, when not the run's, its prompts."""
+
+    name: str
+    data: ImageDataset
+    templates: list[str] | None = None
+
+
+@dataclass
+class RunPlan:
+    """A checked, planned run: what it trains on, what it is measured on, and where it is kept."""
+
+    model: str
+    method: str
+    spec: Any  # ModelSpec
+    cfg: TrainConfig  # resolved: the learning rate filled in
+    options: MethodOptions
+    data: DataOptions
+    evaluation: EvalOptions
+    splits: TaskSplits
+    prompts: list[str]
+    others: dict[str, EvalTask]
+    task: str
+    config_key: dict
+    run_id: str
+    run_dir: Path
+    evals_key: dict
+    store: Store
+    device: torch.device
+    workers: int
+
+    @property
+    def classnames(self) -> list[str]:
+        return self.splits.pool.classnames
+
+    @property
+    def scores_from(self) -> dict:
+        """How the record's zero-shot scores were computed (a reused record must match it)."""
+        return {"dtype": self.evaluation.dtype, "backend": self.evaluation.score_backend}
+
+
+def plan_run(model: str, data, method: str, *, pretrained: str | None, config: TrainConfig | None,
+             options: MethodOptions | None, data_options: DataOptions, evaluation: EvalOptions, seeds: int,
+             device, workers: int | None, store) -> RunPlan:
+    """Check the options, work out the splits and the run id; create the run folder with its config.json."""
+    from ..embedding.extract import default_workers
+    from ..embedding.models import resolve_device, resolve_model
+
+    check_method(method)
+    cfg = (config or TrainConfig()).resolved(method)
+    options = options or MethodOptions()
+    options.check()
+    if seeds < 1:
+        raise InputError(f"--seeds must be at least 1, got {seeds}")
+    dev = resolve_device(device)
+    st = open_store(store)
+    spec = resolve_model(model, pretrained, hash_memo=st.hash_memo())
+    if method == "attention":
+        check_train_blocks(options, spec.model_cfg)
+    d = data_options
+    prompts = resolve_templates(list(d.templates) if d.templates else None, d.template_file, d.template_set)
+    splits = split_task(data, classnames=d.classnames, test=d.test, test_fraction=d.test_fraction,
+                        val_fraction=cfg.val_fraction, train_split=d.split, domain=d.domain, ood_val=d.ood_val,
+                        select_on=cfg.select_on, split_seed=d.split_seed)
+    names = splits.pool.classnames
+    if len(names) < 2:
+        raise InputError(f"{splits.pool.root} has {len(names)} class; fine-tuning a classifier needs at least 2")
+    others = eval_sets(d.evals)
+    config_key = {"format": CONFIG_FORMAT, "model": spec.fingerprint, "architecture": spec.architecture,
+                  "preprocess": spec.preprocess_cfg, "method": method,
+                  "options": options.relevant(method), "train": asdict(cfg), "pool": splits.pool.fingerprint(),
+                  "train_images": splits.train.fingerprint(), "val": splits.val.fingerprint() if splits.val else None,
+                  "test": splits.test.fingerprint(), "classnames": names, "templates": prompts,
+                  "split_seed": d.split_seed}
+    run_id = run_id_of(config_key)
+    run_dir = finetune_root(st) / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "config.json", config_key)
+    evals_key = {name: {"data": t.data.fingerprint(), "classnames": t.data.classnames,
+                        "templates": t.templates or prompts} for name, t in others.items()}
+    return RunPlan(model, method, spec, cfg, options, d, evaluation, splits, prompts, others,
+                   d.task or name_of(data), config_key, run_id, run_dir, evals_key, st, dev,
+                   default_workers() if workers is None else workers)
+
+
+def reused_record(plan: RunPlan, seeds: int, seed: int) -> dict | None:
+    """The stored record of a finished run with the same seeds, evaluation tasks, task name and scores, if any."""
+    path = plan.run_dir / "record.json"
+    if not path.exists():
+        return None
+    done = read_record(path)
+    same = (done["hparams"].get("seeds"), done["hparams"].get("seed"), done.get("evals"), done.get("task"),
+            done.get("scores_from"))
+    if same != (seeds, seed, plan.evals_key, plan.task, plan.scores_from):
+        return None
+    index_record(done, path, plan.store)
+    return done
+
+
+def eval_sets(evals) -> dict[str, EvalTask]:
+    """evals: paths, ImageDatasets or EvalTasks -> {name: EvalTask}, names made unique."""
+    out: dict[str, EvalTask] = {}
+    for item in evals or ():
+        if not isinstance(item, EvalTask):
+            ds = item if isinstance(item, ImageDataset) else load_image_dataset(item)
+            item = EvalTask(name_of(item), ds)
+        name, k = item.name, 2
+        while name in out:
+            name, k = f"{item.name}-{k}", k + 1
+        out[name] = item._replace(name=name)
+    return out
+
+
+def name_of(data) -> str:
+    """A task's default name: its folder's name, or its manifest's stem."""
+    root = data.root if isinstance(data, ImageDataset) else str(data)
+    p = Path(os.path.normpath(root))
+    return p.stem if p.suffix.lower() in (".csv", ".jsonl") else p.name
+
+
+__all__ = ["DataOptions", "EvalOptions", "EvalTask", "RunPlan", "plan_run", "reused_record", "eval_sets",
+           "name_of", "split_keywords"]
