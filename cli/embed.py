@@ -7,6 +7,7 @@ import click
 import numpy as np
 
 from ..errors import InputError
+from .executor_options import executor_options
 from .extract_options import extraction_options
 from .progress import ProgressBar
 from .render import emit, to_json, write_atomic, writable_path
@@ -27,18 +28,20 @@ def embed_info_dict(es, info) -> dict:
 @click.option("--format", "fmt", type=click.Choice(["path", "json"]), default="path", show_default=True,
               help="Print the embeddings folder, or a JSON summary.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
-def embed(extract, device, output, fmt, progress):
+@executor_options
+def embed(extract, device, output, fmt, progress, run_on):
     """Encode images with a model (no scoring) and print where the embeddings are.
 
     The folder printed can be passed to `iimm score --embeddings`. A second run on the
-    same model, images, class names and templates encodes nothing.
+    same model, images, class names and templates encodes nothing. With --executor ray
+    each store shard is one Ray task; a rerun of an interrupted run resumes.
     """
     if not extract.given:
         raise InputError("nothing to embed; pass --model M --data PATH")
     if extract.no_cache and not output:
         raise InputError("--no-cache keeps nothing; add --output FILE.npz to write the embeddings")
     with ProgressBar(unit="img", enabled=progress) as bar:
-        es, info = extract.embed(device=device, progress=bar)
+        es, info = extract.embed(device=device, progress=bar, executor=run_on.build())
     if output:
         write_atomic(output, writer=lambda f: write_npz(f, es))
     if info.skipped:

@@ -64,12 +64,13 @@ class ExtractOptions:
                     batch_size=self.batch_size or ENCODE_BATCH_DEFAULT, workers=self.workers, dtype=self.dtype,
                     store=self.store, use_cache=not self.no_cache, max_skip_frac=self.max_skip_frac)
 
-    def embed(self, device: str = "auto", progress=None):
+    def embed(self, device: str = "auto", progress=None, executor=None):
         """Run `embed_dataset` with these options -> (EmbeddingSet, EmbedInfo)."""
         from ..engine.embedding.extract import embed_dataset
 
         self.check()
-        return embed_dataset(self.model, self.data, device=device, progress=progress, **self.embed_kwargs())
+        return embed_dataset(self.model, self.data, device=device, progress=progress, executor=executor,
+                             **self.embed_kwargs())
 
 
     def class_text_encoder(self, device: str = "auto"):

@@ -54,3 +54,22 @@ def tiny_model_dir_factory(tmp_path_factory):
 def digits_png_dir(tmp_path_factory):
     """A class-per-folder PNG tree of sklearn digits: 10 classes × 20 images, 32×32 px (do not modify)."""
     return write_digits_png(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One small local Ray for every `ray` test of the session (starts in a few seconds): 2 CPUs, no dashboard,
+    a 200 MB object store, its files under pytest's temporary folder (nothing written to the home folder)."""
+    ray = pytest.importorskip("ray")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024, log_to_driver=False,
+                 _temp_dir=str(tmp_path_factory.mktemp("ray")), runtime_env={"env_vars": _ray_worker_env()})
+    yield ray
+    ray.shutdown()
+
+
+def _ray_worker_env() -> dict:
+    """Workers import iimm the way this session does (a source tree on PYTHONPATH) and run Triton on the CPU."""
+    keep = ("PYTHONPATH", "TRITON_INTERPRET", "RAY_AUTH_MODE")
+    return {k: os.environ[k] for k in keep if k in os.environ}

@@ -24,6 +24,7 @@ from ...errors import InputError
 from .models import (LoadedModel, ModelPool, ModelSpec, class_text_embeddings, encode_dtype, encode_images,
                      load_model, resolve_device, resolve_model)
 from ..files import write_json_atomic, write_npy_atomic
+from ..distributed import LOCAL, as_executor
 from ..hashing import hash_json
 from .store import ID_CHARS, Store, open_store, shard_name
 
@@ -69,7 +70,7 @@ def embed_dataset(model: str | ModelSpec, data, *, pretrained: str | None = None
                   device: str | torch.device = "auto", dtype: str = "fp16", store=None, use_cache: bool = True,
                   max_skip_frac: float = 0.05, shard_rows: int = DEFAULT_SHARD_ROWS,
                   progress: Progress | None = None,
-                  models: ModelPool | None = None) -> tuple[EmbeddingSet, EmbedInfo]:
+                  models: ModelPool | None = None, executor=None) -> tuple[EmbeddingSet, EmbedInfo]:
     """Encode a labelled image dataset with a model; reuse the store's embeddings when they exist.
 
     model: a model name (see `resolve_model`), or the `ModelSpec` a caller already resolved (then
@@ -79,16 +80,22 @@ def embed_dataset(model: str | ModelSpec, data, *, pretrained: str | None = None
     dtype: "fp16" or "fp32", how image rows are kept.
     models: a `ModelPool` the model is taken from (and kept in) when images must be encoded, so that
         many datasets share one load; None loads it for this call only.
+    executor: None or "local" encodes here in one loop; "ray" (or an `engine.distributed.Executor`)
+        encodes one store shard per task on a Ray cluster (see `shard_units`); it needs the store.
     """
     t0 = time.perf_counter()
     _check_options(batch_size, workers, dtype, max_skip_frac, shard_rows)
-    workers = default_workers() if workers is None else workers
+    executor = as_executor(executor)
+    workers = (0 if executor.is_ray else default_workers()) if workers is None else workers
     ds = data if isinstance(data, ImageDataset) else load_image_dataset(data, classnames, split, domain)
     prompts = resolve_templates(templates, template_file, template_set)
+    if executor.is_ray and not use_cache:
+        raise InputError("--executor ray writes shard files into the store; drop --no-cache")
     st = open_store(store) if use_cache else None
     spec = model if isinstance(model, ModelSpec) else resolve_model(model, pretrained,
                                                                     hash_memo=st.hash_memo() if st else None)
     run = _Run(spec, ds, prompts, dtype, batch_size, workers, device, max_skip_frac, progress, models)
+    run.executor = executor
     if st is None:
         es, info = run.in_memory(shard_rows)
     else:
@@ -134,6 +141,7 @@ class _Run:
         self.batch_size, self.workers, self.device = batch_size, workers, device
         self.max_skip_frac, self.progress = max_skip_frac, progress
         self.models = models or ModelPool()
+        self.executor = LOCAL
 
     @property
     def lm(self) -> LoadedModel:
@@ -233,7 +241,10 @@ class _Run:
             write_npy_atomic(folder / shard_name("label", idx), labs)
             st.record_shard(set_id, idx, len(rows), skipped_paths)
 
-        encoded = self.encode(todo, shard_rows, text.shape[1], write, prior_skipped)
+        if self.executor.is_ray:
+            encoded = self.encode_units(st, set_id, image_key, todo, shard_rows, text.shape[1])
+        else:
+            encoded = self.encode(todo, shard_rows, text.shape[1], write, prior_skipped)
         finished = st.finished_shards(set_id)
         skipped = [p for i in sorted(finished) for p in finished[i][1]]
         images = sum(r for r, _ in finished.values())
@@ -244,6 +255,39 @@ class _Run:
         es = load_embeddings(folder)
         st.mark_complete(set_id, es.n, len(skipped))
         return es, self.info(es.n, skipped, encoded, folder, set_id, meta)
+
+    def encode_units(self, st: Store, set_id: str, image_key: str, todo: list[int], shard_rows: int,
+                     d: int) -> int:
+        """Encode the `todo` shards one unit each on `self.executor`; the driver (this process) records each
+        finished shard in the registry from its done-marker. Returns the images encoded by this run."""
+        from .shard_units import ShardJob, encode_shards, read_marker
+
+        folder = st.set_dir(set_id)
+        n = len(self.ds)
+        done = [0, n - sum(min(n, (s + 1) * shard_rows) - s * shard_rows for s in todo), 0]  # encoded, items, skips
+
+        def record(marker: dict) -> None:
+            st.record_shard(set_id, marker["shard"], marker["rows"], marker["skipped"])
+            done[0] += marker["rows"] if marker.get("encoded") else 0
+            done[1] += marker["rows"] + len(marker["skipped"])
+            done[2] += len(marker["skipped"])
+            self._check_skips(done[2], marker["skipped"])
+            self._report(done[1], n)
+
+        remaining = []
+        for s in todo:  # shards a previous run finished but whose driver died before recording them
+            marker = read_marker(folder, s, image_key)
+            if marker is None:
+                remaining.append(s)
+            else:
+                record(marker)
+        self._report(done[1], n)
+        job = ShardJob(self.spec, self.ds, tuple(self.templates), self.dtype, self.batch_size, self.workers,
+                       str(self.device), self.max_skip_frac, shard_rows, d, str(folder), image_key)
+        failures = encode_shards(job, remaining, self.executor, record)
+        if failures:
+            raise failures[0].error
+        return done[0]
 
     # ---- the encoding loop ------------------------------------------------------------------------
 
