@@ -31,9 +31,6 @@ import time
 
 import torch
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _import_iimm_from_checkout() -> None:
     """On a fresh machine with only the working tree: the repository root *is* the package `iimm`
     (pyproject's package-dir), so put a link named `iimm` to it on the path instead of installing."""
@@ -48,7 +45,7 @@ def _import_iimm_from_checkout() -> None:
 
 
 _import_iimm_from_checkout()
-from iimm.kernels import reference  # noqa: E402
+from iimm.kernels import reference, triton_interpreted  # noqa: E402
 
 FULL = dict(ns=(1_000_000, 10_000_000), ds=(512, 768, 1024), cs=(10, 100, 1000), pair_n=200_000, pair_d=768,
             pair_c=100, check_n=1_000_000, chunk=1_000_000, pair_tile=8192, copy_bytes=4 << 30, mm=8192,
@@ -341,7 +338,7 @@ def main(argv=None) -> int:
         return 0
     if torch.cuda.is_available():
         device = torch.device("cuda")
-    elif INTERPRETED and args.small:
+    elif triton_interpreted() and args.small:
         device = torch.device("cpu")
     else:
         print("gpu_bench needs a CUDA GPU; on a CPU run it as: TRITON_INTERPRET=1 python benches/gpu_bench.py --small",

@@ -57,6 +57,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def triton_interpreted() -> bool:
+    """Whether `TRITON_INTERPRET` asks for the CPU interpreter, read now: the one place iimm reads it."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 

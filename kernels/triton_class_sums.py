@@ -13,40 +13,17 @@ hot rows of a few large classes cannot serialise the GPU.
 
 from __future__ import annotations
 
+from typing import Iterator, Sequence
+
 import torch
 import triton
 import triton.language as tl
 
-from ..errors import BackendUnavailable, InputError
+from ..errors import BackendUnavailable
 from . import triton_settings as settings
 from .reference import ClassSums, as_tensor
-
-
-@triton.jit
-def norm_denominator(sq_sum, IS_FP64: tl.constexpr):
-    """(rows,) Σx² -> (‖x‖, max(‖x‖, tiny)) as the reference computes them (IEEE sqrt)."""
-    if IS_FP64:
-        norm = tl.sqrt(sq_sum)
-        denom = tl.maximum(norm, 2.2250738585072014e-308)
-    else:
-        norm = tl.sqrt_rn(sq_sum)
-        denom = tl.maximum(norm, 1.1754943508222875e-38)
-    return norm, denom
-
-
-@triton.jit
-def divide(x, y, IS_FP64: tl.constexpr):
-    """IEEE division (the default fp32 `/` on a GPU is approximate)."""
-    if IS_FP64:
-        return x / y
-    else:
-        return tl.div_rn(x, y)
-
-
-@triton.jit
-def is_bad_norm(norm):
-    """A zero-norm or non-finite row: norm is 0, NaN or inf."""
-    return (norm == 0) | (norm != norm) | (norm == float("inf"))
+from .triton_common import (CompileVariant, check_labels, divide, is_bad_norm, kernel_device, kernel_rows,
+                            label_order, norm_denominator)
 
 
 @triton.autotune(configs=settings.class_sums_configs(), key=["D", "BLOCK_D"],
@@ -108,51 +85,6 @@ def _work_items(counts: torch.Tensor, rows_per_item: int):
     return start, end, first_item, items_per_class
 
 
-def kernel_device(rows) -> torch.device:
-    """Where the kernels run: the rows' GPU, or the CPU under the interpreter."""
-    if isinstance(rows, torch.Tensor) and rows.device.type == "cuda":
-        return rows.device
-    if settings.INTERPRETED:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise BackendUnavailable("the triton kernels need a CUDA GPU and none is visible; use --backend torch")
-    return torch.device("cuda")
-
-
-def kernel_rows(rows, device: torch.device) -> torch.Tensor:
-    """rows: (n, D) float16/bfloat16/float32/float64 on `device` with unit column stride."""
-    x = as_tensor(rows, device)
-    if x.ndim != 2:
-        raise InputError(f"rows must be a 2-D (n, D) array, got shape {tuple(x.shape)}")
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise InputError(f"rows have dtype {x.dtype}; the triton kernels read float16, bfloat16, float32 or float64")
-    if x.shape[1] > 1 and x.stride(1) != 1:
-        x = x.contiguous()
-    return x
-
-
-def check_labels(labels: torch.Tensor, n: int, num_classes: int, what: str = "labels") -> None:
-    """Labels index class columns inside the kernels: out-of-range values are rejected before launch."""
-    if labels.shape != (n,):
-        raise InputError(f"{what} must have shape ({n},), one per row, got {tuple(labels.shape)}")
-    if n:
-        lo, hi = (int(v) for v in torch.aminmax(labels))
-        if lo < 0 or hi >= num_classes:
-            raise InputError(f"{what} range over [{lo}, {hi}] but there are {num_classes} classes; "
-                             f"labels must be class indices 0..{num_classes - 1}")
-
-
-def label_order(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """labels: (n,) int64 -> (labels in ascending order as int32, the stable permutation that sorts them).
-
-    Labels already in order (a dataset stored class by class) skip the sort; int32 keys halve its work.
-    """
-    keys = labels.to(torch.int32)
-    if keys.numel() < 2 or bool((keys[1:] >= keys[:-1]).all()):
-        return keys, torch.arange(keys.numel(), device=keys.device)
-    return torch.sort(keys, stable=True)
-
-
 def class_sums(rows, labels, num_classes: int, *, rows_per_item: int | None = None) -> ClassSums:
     """rows: (n, D) float; labels: (n,) int64 in [0, C) -> ClassSums, as `reference.class_sums`."""
     device = kernel_device(rows)
@@ -182,3 +114,19 @@ def class_sums(rows, labels, num_classes: int, *, rows_per_item: int | None = No
                                                               BLOCK=block)
     first_bad = int(part_bad.min())
     return ClassSums(sums, counts, part_sq.sum(), first_bad if first_bad < n else -1)
+
+
+def compile_variants(dtypes: Sequence[str], quick: bool) -> Iterator[CompileVariant]:
+    """The variants `class_sums` launches, for rows of each Triton dtype ("fp16", "bf16", "fp32", "fp64")."""
+    for dt in dtypes:
+        fp64 = dt == "fp64"
+        sig = {"x_ptr": f"*{dt}", "stride_x": "i32", "order_ptr": "*i64", "item_start_ptr": "*i64",
+               "item_end_ptr": "*i64", "part_sums_ptr": "*fp64", "part_sq_ptr": "*fp64", "part_bad_ptr": "*i64",
+               "n": "i32", "D": "i32"}
+        fitting = [c for c in settings.class_sums_configs()
+                   if c.kwargs["BLOCK_N"] * 1024 <= settings.CLASS_SUMS_TILE_ELEMENTS]
+        for cfg in fitting[:1] if quick else fitting:
+            yield CompileVariant(_class_sums_kernel.fn, sig, {"IS_FP64": fp64, "BLOCK_D": 1024}, cfg)
+    yield CompileVariant(_merge_items_kernel, {"part_sums_ptr": "*fp64", "first_item_ptr": "*i64",
+                                               "item_count_ptr": "*i64", "sums_ptr": "*fp64", "D": "i32"},
+                         {"BLOCK": 256}, None)

@@ -19,6 +19,8 @@ similarity (a first pass over the tiles holding the block's labels) usually cost
 
 from __future__ import annotations
 
+from typing import Iterator, Sequence
+
 import torch
 import triton
 import triton.language as tl
@@ -26,8 +28,8 @@ import triton.language as tl
 from ..errors import InputError
 from . import triton_settings as settings
 from .reference import CrossReduce, as_tensor
-from .triton_class_sums import (check_labels, divide, is_bad_norm, kernel_device, kernel_rows, label_order,
-                                norm_denominator)
+from .triton_common import (CompileVariant, check_labels, divide, is_bad_norm, kernel_device, kernel_rows,
+                            label_order, norm_denominator)
 
 
 @triton.jit
@@ -191,3 +193,23 @@ def cross_reduce(rows, labels, matrix, col_scale=None, col_valid=None) -> CrossR
         PREC=settings.dot_precision(x.dtype), BLOCK_K=block_k)
     first_bad = int(torch.where(bad != 0, torch.arange(n, device=device), n).min())
     return CrossReduce(out_f64[0], out_f64[1], rank, out_f64[2], out_f64[3], first_bad if first_bad < n else -1)
+
+
+def compile_variants(dtypes: Sequence[str], quick: bool) -> Iterator[CompileVariant]:
+    """The variants `cross_reduce` launches, for rows of each Triton dtype ("fp16", "bf16", "fp32", "fp64")."""
+    parts = {"fp16": 2, "bf16": 3, "fp32": 1, "fp64": 1}
+    for dt in dtypes:
+        fp64 = dt == "fp64"
+        sig = {"x_ptr": f"*{dt}", "stride_x": "i32", "order_ptr": "*i64", "labels_ptr": "*i64",
+               "parts_ptr": f"*{dt}", "unscale_ptr": "*fp32", "scale_ptr": "*fp64", "valid_ptr": "*i8",
+               "correct_ptr": "*fp64", "other_ptr": "*fp64", "rank_ptr": "*i32", "best_ptr": "*fp64",
+               "sq_norm_ptr": "*fp64", "bad_ptr": "*i8", "n": "i32", "K": "i32", "D": "i32"}
+        for one_tile in (True,) if quick else (True, False):
+            # one tile: the zero-shot call (rows in order, no column scale); several: the silhouette call
+            absent = ("order_ptr", "scale_ptr", "valid_ptr") if one_tile else ()
+            absent += ("unscale_ptr",) if dt != "fp16" else ()
+            consts = {"P": parts[dt], "GATHER": not one_tile, "HAS_UNSCALE": dt == "fp16", "HAS_SCALE": not one_tile,
+                      "HAS_VALID": not one_tile, "ONE_TILE": one_tile, "IS_FP64": fp64, "UPCAST": False,
+                      "PREC": "ieee" if fp64 else "tf32x3",
+                      "BLOCK_K": 16 if one_tile else settings.cross_max_block_k(), **{name: None for name in absent}}
+            yield CompileVariant(_cross_reduce_kernel.fn, sig, consts, settings.cross_reduce_configs()[0])

@@ -16,6 +16,8 @@ where 2 − 2·cos loses the distance to rounding) are recomputed from their two
 
 from __future__ import annotations
 
+from typing import Iterator, Sequence
+
 import torch
 import triton
 import triton.language as tl
@@ -23,8 +25,8 @@ import triton.language as tl
 from ..errors import InputError
 from . import triton_settings as settings
 from .reference import PairwiseSums, as_tensor, check_pairwise_args
-from .triton_class_sums import check_labels, divide, kernel_device, kernel_rows, label_order, norm_denominator
-
+from .triton_common import (CompileVariant, check_labels, divide, kernel_device, kernel_rows, label_order,
+                            norm_denominator)
 
 
 @triton.jit
@@ -192,7 +194,7 @@ def _row_norms(x: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, tor
     cdtype = torch.float64 if is_fp64 else torch.float32
     denom = settings.allocate_output((n,), cdtype, device)
     sq = settings.allocate_output((n,), cdtype, device)
-    block_r, block_dk = settings.ROW_NORMS_BLOCK
+    block_r, block_dk = settings.row_norms_block()
     _row_norms_kernel[(triton.cdiv(n, block_r),)](x, x.stride(0), denom, sq, n, d, IS_FP64=is_fp64,
                                                    BLOCK_R=block_r, BLOCK_DK=block_dk)
     return denom, sq
@@ -240,3 +242,24 @@ def pairwise_class_sums(queries, keys, key_labels, num_classes: int, *, metric: 
     if splits == 1:
         return PairwiseSums(sums[0], counts[0])
     return PairwiseSums(sums.sum(0), counts.sum(0))
+
+
+def compile_variants(dtypes: Sequence[str], quick: bool) -> Iterator[CompileVariant]:
+    """The variants `pairwise_class_sums` launches, for rows of each Triton dtype ("fp16", "bf16", "fp32", "fp64")."""
+    for dt in dtypes:
+        fp64 = dt == "fp64"
+        cdt = "fp64" if fp64 else "fp32"
+        sig = {"q_ptr": f"*{dt}", "stride_q": "i32", "k_ptr": f"*{dt}", "stride_k": "i32",
+               "key_order_ptr": "*i64", "sorted_labels_ptr": "*i32", "q_denom_ptr": f"*{cdt}",
+               "q_sq_ptr": f"*{cdt}", "k_denom_ptr": f"*{cdt}", "k_sq_ptr": f"*{cdt}", "sums_ptr": "*fp64",
+               "counts_ptr": "*i64",
+               "m": "i32", "n": "i32", "C": "i32", "D": "i32", "keys_per_split": "i32", "query_offset": "i32",
+               "key_offset": "i32", "p": "fp32", "zero_eps": "fp32"}
+        for power in (1,) if quick else (0, 1, 2):
+            consts = {"EUCLIDEAN": power != 0, "POWER": power, "IS_FP64": fp64, "UPCAST": False,
+                      "PREC": "ieee" if fp64 else "tf32x3", "NEAR_SQ_DIST": settings.NEAR_SQ_DIST}
+            yield CompileVariant(_pairwise_kernel.fn, sig, consts, settings.pairwise_configs()[0])
+        block_r, block_dk = settings.row_norms_block()
+        yield CompileVariant(_row_norms_kernel, {"x_ptr": f"*{dt}", "stride_x": "i32", "denom_ptr": f"*{cdt}",
+                                                 "sq_ptr": f"*{cdt}", "n": "i32", "D": "i32"},
+                             {"IS_FP64": fp64, "BLOCK_R": block_r, "BLOCK_DK": block_dk}, None)

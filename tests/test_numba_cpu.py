@@ -16,12 +16,12 @@ import numba
 import numpy as np
 import pytest
 import torch
-from scipy.spatial.distance import cdist
 
 import iimm.engine  # noqa: F401  (the engine package must initialise before iimm.kernels)
 from iimm.errors import InputError
 from iimm.kernels import get_backend, numba_class_sums, numba_cpu, numba_cross_reduce, numba_pairwise, reference
 from iimm.kernels.numba_rows import HALF_BY_INSTRUCTION, half_bits_to_float
+from kernel_reference import naive_class_sums, naive_cross_reduce, naive_pairwise, unit64
 
 DTYPES = [np.float16, np.float32, np.float64]
 SHAPES = [(1, 40, 3), (2, 100, 2), (7, 40, 5), (1000, 100, 6)]  # (n, D, C)
@@ -38,11 +38,6 @@ def make_rows(n: int, d: int, c: int, dtype, seed: int = 0):
     return rows.astype(dtype), labels.astype(np.int64)
 
 
-def unit64(rows) -> np.ndarray:
-    x = np.asarray(rows, dtype=np.float64)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def tol(dtype) -> float:
     return 1e-12 if dtype == np.float64 else 1e-6
 
@@ -56,14 +51,6 @@ def threads():
 
 
 # ---------------------------------------------------------------- class_sums
-
-def naive_class_sums(rows, labels, c):
-    x = unit64(rows)
-    sums = np.zeros((c, x.shape[1]))
-    for i, y in enumerate(labels):
-        sums[y] += x[i]
-    return sums, np.bincount(labels, minlength=c), float(np.sum(x * x))
-
 
 def check_class_sums(out, rows, labels, c):
     assert out.sums.dtype == torch.float64 and out.sums.shape == (c, rows.shape[1])
@@ -187,16 +174,6 @@ def test_class_sums_rejects_bad_rows(rows, match):
 
 # ---------------------------------------------------------------- cross_reduce
 
-def naive_cross_reduce(rows, labels, matrix, col_scale, col_valid):
-    sims = unit64(rows) @ np.asarray(matrix, np.float64).T
-    n, k = sims.shape
-    correct = sims[np.arange(n), labels]
-    other = np.array([sum(sims[i, c] for c in range(k) if c != labels[i]) for i in range(n)])
-    best = np.array([max([col_scale[c] * sims[i, c] for c in range(k) if c != labels[i] and col_valid[c]],
-                         default=-math.inf) for i in range(n)])
-    return sims, correct, other, best
-
-
 def assert_rank(rank, sims, labels, margin):
     """rank counts k with s_k > s_y; allow flips only for |s_k - s_y| <= margin."""
     s_y = sims[np.arange(len(labels)), labels][:, None]
@@ -208,7 +185,8 @@ def check_cross_reduce(out, rows, labels, matrix, col_scale, col_valid, naive_to
     n, k = len(labels), len(matrix)
     scale = np.ones(k) if col_scale is None else col_scale
     valid = np.ones(k, bool) if col_valid is None else col_valid
-    sims, correct, other, best = naive_cross_reduce(rows, labels, matrix, scale, valid)
+    naive = naive_cross_reduce(rows, labels, matrix, scale, valid)
+    sims, correct, other, best = naive["sims"], naive["correct"], naive["other_sum"], naive["best_other"]
     assert [a.dtype for a in out[:5]] == [torch.float64, torch.float64, torch.int32, torch.float64, torch.float64]
     assert all(a.shape == (n,) for a in out[:5]) and out.first_bad == -1
     np.testing.assert_allclose(out.correct.numpy(), correct, rtol=naive_tol, atol=naive_tol)
@@ -303,18 +281,6 @@ def test_cross_reduce_rejects_mismatched_shapes():
 
 
 # ---------------------------------------------------------------- pairwise_class_sums
-
-def naive_pairwise(queries, keys, key_labels, c, metric, p, query_offset, key_offset, zero_eps):
-    dist = cdist(unit64(queries), unit64(keys), metric=metric)
-    sums, counts = np.zeros((len(queries), c)), np.zeros((len(queries), c), np.int64)
-    for i in range(len(queries)):
-        for j in range(len(keys)):
-            if query_offset + i == key_offset + j or not dist[i, j] > zero_eps:
-                continue
-            sums[i, key_labels[j]] += math.log(dist[i, j]) if p == 0 else dist[i, j] ** p
-            counts[i, key_labels[j]] += 1
-    return sums, counts
-
 
 def assert_sums_close(got, want, counts, rel):
     """|got - want| <= rel·(|want| + pair count): each summed term carries at most ~rel of error."""

@@ -1,7 +1,7 @@
 """The Triton kernels against their PyTorch twins (kernels.reference) and naive float64 definitions.
 
-Without a CUDA GPU the kernels run under the Triton interpreter (`TRITON_INTERPRET=1`, set
-here before triton is imported) on small awkward shapes: non-power-of-two D, n not a multiple
+Without a CUDA GPU the kernels run under the Triton interpreter (`TRITON_INTERPRET=1`, set by
+conftest.py before triton is imported) on small awkward shapes: non-power-of-two D, n not a multiple
 of any block, a class with one row, empty classes, fp16/bf16/fp32/fp64 rows. Every buffer a
 kernel writes is poisoned (NaN, or a sentinel integer) before the launch, so an element a
 kernel fails to store makes the comparison fail.
@@ -9,7 +9,6 @@ kernel fails to store makes the comparison fail.
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import subprocess
@@ -20,34 +19,21 @@ import numpy as np
 import pytest
 import torch
 
+from kernel_reference import naive_class_sums, naive_cross_reduce, naive_pairwise, unit64
+
 HAS_GPU = torch.cuda.is_available()
 
-# Triton decides when it is imported (its own library functions) and when a kernel is decorated
-# whether to interpret, so TRITON_INTERPRET must be set before the first `import triton` and
-# while the kernel modules are imported. It is restored afterwards, and set again only while
-# this module's tests run (the dispatcher reads it at call time).
-_saved_interpret = os.environ.get("TRITON_INTERPRET")
-if not HAS_GPU and "triton" not in sys.modules:
-    os.environ["TRITON_INTERPRET"] = "1"
-try:
-    triton = pytest.importorskip("triton")
-    # Another test module imported triton first, uninterpreted (open_clip does): the kernels cannot run
-    # on this CPU in this process, so the whole file runs in a fresh process instead (see the last test).
-    RUN_IN_SUBPROCESS = not HAS_GPU and not type(triton.language.zeros).__name__.startswith("Interpreted")
-    from iimm.engine import EmbeddingSet
-    from iimm.errors import InputError
-    from iimm.kernels import get_backend, reference, triton_settings
-    if not HAS_GPU and not triton_settings.INTERPRETED and not RUN_IN_SUBPROCESS:
-        for name in ("triton_settings", "triton_class_sums", "triton_cross_reduce", "triton_pairwise", "triton_ops"):
-            if f"iimm.kernels.{name}" in sys.modules:
-                importlib.reload(sys.modules[f"iimm.kernels.{name}"])
-    from iimm.kernels import triton_ops
-    from iimm.kernels.triton_cross_reduce import matrix_parts
-finally:
-    if _saved_interpret is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _saved_interpret
+triton = pytest.importorskip("triton")
+from iimm.engine import EmbeddingSet  # noqa: E402
+from iimm.errors import InputError  # noqa: E402
+from iimm.kernels import get_backend, reference, triton_ops, triton_settings  # noqa: E402
+from iimm.kernels.triton_common import kernels_interpreted  # noqa: E402
+from iimm.kernels.triton_cross_reduce import matrix_parts  # noqa: E402
+
+# Triton decides once per process, when it is imported, whether kernels are interpreted; conftest.py sets
+# TRITON_INTERPRET=1 on a CPU before anything imports it. Where triton was imported compiled anyway (the
+# variable set to 0), the kernels cannot run on this CPU here: the whole file runs in a fresh process instead.
+RUN_IN_SUBPROCESS = not HAS_GPU and not kernels_interpreted()
 
 
 @pytest.fixture(autouse=True)
@@ -55,16 +41,6 @@ def runs_here(request):
     if RUN_IN_SUBPROCESS and request.node.originalname != "test_kernels_in_a_fresh_interpreter_process":
         pytest.skip("triton was imported uninterpreted in this process; this test runs in the TRITON_INTERPRET=1 "
                     "subprocess of test_kernels_in_a_fresh_interpreter_process")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def interpreter_env():
-    """The dispatcher (`get_backend("triton")` on a CPU) checks TRITON_INTERPRET at call time."""
-    patch = pytest.MonkeyPatch()
-    if not HAS_GPU:
-        patch.setenv("TRITON_INTERPRET", "1")
-    yield
-    patch.undo()
 
 
 pytestmark = pytest.mark.triton
@@ -96,12 +72,6 @@ def make_rows(n, d, dtype, seed, scale=3.0):
     return x.to(dtype).to(DEVICE)
 
 
-def unit64(rows: torch.Tensor) -> np.ndarray:
-    """Rows as stored, in float64, each divided by its norm (the definition, no tricks)."""
-    x = rows.cpu().double().numpy()
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def labels_with_gaps(n, c, seed):
     """(n,) labels in [0, c): class 1 has exactly one row, class c-2 none, the rest random."""
     g = torch.Generator().manual_seed(seed)
@@ -120,46 +90,6 @@ def assert_within(actual, expected, tol, what):
     assert torch.isfinite(a).all(), f"{what}: {int((~torch.isfinite(a)).sum())} non-finite values"
     err = (a - e).abs()
     assert (err <= tol).all(), f"{what}: max error {float(err.max()):.3g} > tolerance {float(tol.max()):.3g}"
-
-
-# ---------------------------------------------------------------- naive float64 definitions
-
-
-def naive_class_sums(rows, labels, c):
-    x, y = unit64(rows), labels.cpu().numpy()
-    sums = np.zeros((c, x.shape[1]))
-    for i in range(len(x)):
-        sums[y[i]] += x[i]
-    return sums, np.bincount(y, minlength=c), float((x * x).sum())
-
-
-def naive_cross(rows, labels, matrix, scale, valid):
-    x, y, m = unit64(rows), labels.cpu().numpy(), matrix.cpu().double().numpy()
-    k = m.shape[0]
-    scale = np.ones(k) if scale is None else scale.cpu().double().numpy()
-    valid = np.ones(k, bool) if valid is None else valid.cpu().numpy()
-    out = {"correct": [], "other_sum": [], "rank": [], "best_other": []}
-    for i in range(len(x)):
-        s = m @ x[i]
-        others = [j for j in range(k) if j != y[i]]
-        out["correct"].append(s[y[i]])
-        out["other_sum"].append(sum(s[j] for j in others))
-        out["rank"].append(sum(1 for j in others if s[j] > s[y[i]]))
-        out["best_other"].append(max([scale[j] * s[j] for j in others if valid[j]], default=-math.inf))
-    return {key: np.array(v) for key, v in out.items()}
-
-
-def naive_pairwise(queries, keys, key_labels, c, metric, p, q_off, k_off, zero_eps):
-    xq, xk, y = unit64(queries), unit64(keys), key_labels.cpu().numpy()
-    sums, counts = np.zeros((len(xq), c)), np.zeros((len(xq), c), np.int64)
-    for i in range(len(xq)):
-        for j in range(len(xk)):
-            d = np.linalg.norm(xq[i] - xk[j]) if metric == "euclidean" else 1.0 - xq[i] @ xk[j]
-            if q_off + i == k_off + j or d <= zero_eps:
-                continue
-            sums[i, y[j]] += math.log(d) if p == 0 else d ** p
-            counts[i, y[j]] += 1
-    return sums, counts
 
 
 # ---------------------------------------------------------------- class sums
@@ -280,7 +210,7 @@ def test_cross_reduce_matches_reference_and_definition(poisoned, dtype, n, d, k,
         valid[k - 2] = False
     got = triton_ops.cross_reduce(x, y, m, scale, valid)
     ref = reference.cross_reduce(x, y, m, scale, valid)
-    naive = naive_cross(x, y, m, scale, valid)
+    naive = naive_cross_reduce(x, y, m, scale, valid)
     assert poisoned
     for field in ("correct", "other_sum", "best_other", "sq_norm"):
         assert getattr(got, field).dtype == torch.float64 and getattr(got, field).shape == (n,), field
