@@ -388,3 +388,14 @@ def test_pairwise_euclidean_near_duplicates_match_float64(poisoned):
     assert np.array_equal(got.counts.cpu().numpy(), counts64) and torch.equal(got.counts.cpu(), ref.counts.cpu())
     assert_within(got.sums, sums64, 1e-6 * torch.as_tensor(counts64).double().clamp_min(1), "sums vs float64")
     assert_within(got.sums, ref.sums, 1e-6 * torch.as_tensor(counts64).double().clamp_min(1), "sums vs reference")
+
+
+def test_interpreter_switched_after_import_is_a_one_line_error(monkeypatch):
+    """Triton fixes interpreted-or-compiled at import; TRITON_INTERPRET changed later is refused, not misread."""
+    if HAS_GPU:
+        return  # compiled kernels on a GPU: nothing was interpreted
+    from iimm.errors import BackendUnavailable
+
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET is unset now but was set when triton was imported"):
+        triton_ops.class_sums(make_rows(4, 16, torch.float32, seed=1), torch.zeros(4, dtype=torch.int64), 1)
