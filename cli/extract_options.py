@@ -18,6 +18,9 @@ from ..engine.embedding.models import MODEL_ALIASES, RANDOM_WEIGHTS, builtin_mod
 from .option_group import option_group
 
 ENCODE_BATCH_DEFAULT = 64
+DATA_HELP = ("Images: a class-per-folder tree, a .csv/.jsonl manifest (path,label[,split,domain]), webdataset "
+             "shards ('dir/{00000..00009}.tar', a .tar, a .txt list, a folder of .tar, a CLIP_benchmark root), "
+             "a benchmark NAME@ROOT or wilds:NAME@ROOT (`iimm catalog list`).")
 
 @dataclass
 class ExtractOptions:
@@ -31,6 +34,7 @@ class ExtractOptions:
     classnames: str | None
     split: str | None
     domain: str | None
+    label_key: str | None
     batch_size: int | None  # None: the command's default
     workers: int | None
     dtype: str
@@ -61,7 +65,7 @@ class ExtractOptions:
         template_file, template_set = _templates_source(self.templates)
         return dict(pretrained=self.pretrained, templates=list(self.template) or None, template_file=template_file,
                     template_set=template_set, classnames=self.classnames, split=self.split, domain=self.domain,
-                    batch_size=self.batch_size or ENCODE_BATCH_DEFAULT, workers=self.workers, dtype=self.dtype,
+                    label_key=self.label_key, batch_size=self.batch_size or ENCODE_BATCH_DEFAULT, workers=self.workers, dtype=self.dtype,
                     store=self.store, use_cache=not self.no_cache, max_skip_frac=self.max_skip_frac)
 
     def embed(self, device: str = "auto", progress=None, executor=None):
@@ -98,8 +102,7 @@ def _templates_source(value: str | None) -> tuple[str | None, str | None]:
 _OPTIONS = [
     click.option("--model", "-m", help="Model: clip, siglip, coca, eva02, an open_clip architecture, "
                                        "hf-hub:ORG/REPO or local-dir:PATH."),
-    click.option("--data", type=click.Path(exists=True),
-                 help="Images: a class-per-folder tree or a .csv/.jsonl manifest (path,label[,split,domain])."),
+    click.option("--data", help=DATA_HELP),
     click.option("--pretrained", help="Weights for an architecture: an open_clip tag, a .safetensors/.pt file, "
                                       "or 'random'. For an alias it replaces the alias's tag."),
     click.option("--template", multiple=True, help="Prompt template with {} for the class name; repeat for an "
@@ -108,8 +111,12 @@ _OPTIONS = [
                                      + ", ".join(list_template_sets()) + "."),
     click.option("--classnames", type=click.Path(exists=True, dir_okay=False),
                  help="JSON list (class order) or mapping (folder name or index -> name) renaming classes."),
-    click.option("--split", help="Use only manifest rows of this split."),
-    click.option("--domain", help="Use only manifest rows of this domain."),
+    click.option("--split", help="Use only the images of this split (a manifest's split column; train/test of "
+                                 "NAME@ROOT; train/id_val/id_test/val/test of WILDS; a CLIP_benchmark split)."),
+    click.option("--domain", help="Use only the images of this domain (a manifest's domain column; WILDS: "
+                                  "fmow region, iwildcam location, camelyon17 hospital)."),
+    click.option("--label-key", help="Webdataset shards: the field of each sample's json holding the label "
+                                     "[default: the cls member]."),
     click.option("--batch-size", type=click.IntRange(min=1),
                  help=f"Images per batch [default: {ENCODE_BATCH_DEFAULT} to encode; fine-tuning trains with 128]."),
     click.option("--workers", type=click.IntRange(min=0), help="Image-decoding worker processes "

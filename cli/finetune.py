@@ -86,13 +86,13 @@ def record_table(record: dict) -> str:
 @click.option("--method", type=click.Choice(METHODS), required=True,
               help="full, bitfit (block biases), attention (A-CLIP: Q/K/V input projections), lora (Q and V), "
                    "adapter (CLIP-Adapter) or probe (linear head on frozen image features).")
-@click.option("--test", "test_path", type=click.Path(exists=True),
+@click.option("--test", "test_path",
               help="Test images with the training classes (folder or manifest).")
 @click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Hold out this share of each class of --data as the test split.")
-@click.option("--eval", "eval_paths", multiple=True, type=click.Path(exists=True),
+@click.option("--eval", "eval_paths", multiple=True,
               help="Another task (its own classes) measured before and after: forgetting. Repeatable.")
-@click.option("--ood-val", type=click.Path(exists=True),
+@click.option("--ood-val",
               help="Out-of-domain validation images with the training classes (for --select-on ood).")
 @click.option("--task", help="Task name in the record [default: the name of --data].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run with the same settings.")

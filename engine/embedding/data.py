@@ -1,5 +1,8 @@
-"""Image datasets (class-per-folder trees, CSV/JSONL manifests), class names and prompt templates.
+"""Image datasets (class-per-folder trees, CSV/JSONL manifests, and the sources of `sources/`), class names
+and prompt templates.
 
+`load_image_dataset` is the one entry point: webdataset shards, benchmarks by name and WILDS are
+recognised by `sources.open_source`; anything else is a class-per-folder tree or a manifest.
 A class-per-folder tree `ROOT/<class>/**/<image>` names its classes after the folders
 (natural order, `_` read as a space); an empty class folder is still a class. A
 manifest (`.csv` with a header, or `.jsonl`) lists `path,label` with optional `split`
@@ -18,7 +21,7 @@ import re
 import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -34,12 +37,26 @@ PLACEHOLDER = "{}"
 
 
 class ImageItem(NamedTuple):
-    """One image: absolute path, class index, and optional split / domain tags."""
+    """One image: absolute path (or, for a source with a reader, a name that says where the image is), class
+    index, optional split / domain tags, and `ref`, where the dataset's reader finds it (None for files)."""
 
     path: str
     label: int
     split: str | None = None
     domain: str | None = None
+    ref: object = None
+
+
+class ItemReader(Protocol):
+    """How a source that is not one file per image hands out its images (tar shards, arrays in binary files).
+
+    `files` are what the dataset's fingerprint stats (path, size, mtime); `load(item)` decodes one image
+    (raising UnreadableImage); a reader with `stream(items, indices, transform)` is read in order, as an
+    iterable torch dataset, when the images are encoded."""
+
+    def files(self) -> list[str]: ...
+
+    def load(self, item: ImageItem): ...
 
 
 @dataclass
@@ -57,6 +74,8 @@ class ImageDataset:
     items: list[ImageItem]
     classnames: list[str]
     class_keys: list[str]
+    reader: ItemReader | None = field(default=None, compare=False)
+    templates: list[str] | None = None  # the source's own prompt ensemble, used unless prompts are given
     _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -86,6 +105,12 @@ class ImageDataset:
             raise InputError(f"{self.root}: no images with {wanted}; {has} (a .csv/.jsonl manifest gives them)")
         return replace(self, items=items)
 
+    def prompts(self, templates=None, template_file=None, template_set=None) -> list[str]:
+        """The prompt ensemble: the given templates, else the source's own, else "a photo of a {}."."""
+        if templates or template_file or template_set or not self.templates:
+            return resolve_templates(templates, template_file, template_set)
+        return list(self.templates)
+
     def fingerprint(self) -> str:
         """sha256 over every item's path, size, mtime, label, split and domain, and the class keys.
 
@@ -97,7 +122,15 @@ class ImageDataset:
 
     def _compute_fingerprint(self) -> str:
         h = hashlib.sha256()
-        h.update(json.dumps({"root": str(Path(self.root).resolve()), "classes": self.class_keys}).encode())
+        h.update(json.dumps({"root": self.root if self.reader else str(Path(self.root).resolve()),
+                             "classes": self.class_keys}).encode())
+        if self.reader is not None:
+            for path in self.reader.files():
+                st = os.stat(path)
+                h.update(f"\0{path}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+            for it in self.items:
+                h.update(f"\0{it.path}\0{it.label}\0{it.split}\0{it.domain}".encode())
+            return "sha256:" + h.hexdigest()
         for it in self.items:
             try:
                 st = os.stat(it.path)
@@ -109,23 +142,36 @@ class ImageDataset:
 
     def torch_dataset(self, transform: Callable) -> "ImageTorchDataset":
         """A map-style torch dataset yielding `(image (3, H, W) | None, label, index)`."""
+        if self.reader is not None:
+            return ImageTorchDataset(self.items, [it.label for it in self.items], transform, self.reader.load)
         return ImageTorchDataset([it.path for it in self.items], [it.label for it in self.items], transform)
+
+    def encoding_dataset(self, transform: Callable, indices: Sequence[int]) -> torch.utils.data.Dataset:
+        """The items at `indices` (ascending) as a torch dataset yielding `(image | None, label, index)`:
+        streamed in order when the reader streams (tar shards), else a subset of `torch_dataset`."""
+        stream = getattr(self.reader, "stream", None)
+        if stream is not None:
+            return stream(self.items, list(indices), transform)
+        return torch.utils.data.Subset(self.torch_dataset(transform), list(indices))
 
 
 class ImageTorchDataset(torch.utils.data.Dataset):
-    """Decodes and transforms one image per index; an unreadable image yields None instead of raising."""
+    """Decodes and transforms one image per index; an unreadable image yields None instead of raising.
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int], transform: Callable):
-        self.paths = list(paths)
+    sources: image paths (read with `read_rgb`), or items that `load` decodes."""
+
+    def __init__(self, sources: Sequence, labels: Sequence[int], transform: Callable, load: Callable = None):
+        self.paths = list(sources)
         self.labels = list(labels)
         self.transform = transform
+        self.load = load or read_rgb
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         try:
-            image = read_rgb(self.paths[index])
+            image = self.load(self.paths[index])
         except UnreadableImage:
             return None, self.labels[index], index
         return self.transform(image), self.labels[index], index
@@ -138,15 +184,16 @@ class UnreadableImage(Exception):
 _DECODE_ERRORS: tuple = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, ZeroDivisionError)
 
 
-def read_rgb(path: str):
-    """Decode an image file fully into an RGB PIL image; raise UnreadableImage if it cannot be."""
+def read_rgb(path, name: str | None = None):
+    """Decode an image file (a path or a binary file object) fully into an RGB PIL image; raise
+    UnreadableImage (naming `name`, else the path) if it cannot be."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
     except (*_DECODE_ERRORS, Image.DecompressionBombError) as exc:
-        raise UnreadableImage(f"{path}: {exc}") from exc
+        raise UnreadableImage(f"{name or path}: {exc}") from exc
 
 
 def collate_skipping(batch: list) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, list[int]]:
@@ -164,16 +211,25 @@ def collate_skipping(batch: list) -> tuple[torch.Tensor | None, torch.Tensor, to
 
 
 def load_image_dataset(path: str | os.PathLike, classnames=None, split: str | None = None,
-                       domain: str | None = None) -> ImageDataset:
-    """Read a class-per-folder tree or a `.csv` / `.jsonl` manifest.
+                       domain: str | None = None, label_key: str | None = None) -> ImageDataset:
+    """Read a class-per-folder tree, a `.csv` / `.jsonl` manifest, or a source of `sources/` (webdataset
+    shards, NAME@ROOT, wilds:NAME@ROOT).
 
     classnames: None, a JSON file path, a list (names in class order) or a mapping
     (class key or index -> display name) that renames classes.
+    label_key: for webdataset shards, the field of each sample's json member holding the label
+    (default: the cls member).
     """
+    from .sources import open_source
+
+    listed = load_classnames(classnames)
+    ds = open_source(str(path), listed, label_key)
+    if ds is not None:
+        return ds.select(split, domain)
     root = Path(path)
     if not root.exists():
-        raise InputError(f"data not found: {root}; pass --data a class-per-folder image tree or a .csv/.jsonl manifest")
-    listed = load_classnames(classnames)
+        raise InputError(f"data not found: {root}; pass --data a class-per-folder image tree, a .csv/.jsonl manifest, "
+                         f"webdataset shards or NAME@ROOT (see `iimm catalog list`)")
     if root.is_dir():
         keys, display, items = _scan_class_folders(root)
     elif root.suffix.lower() in MANIFEST_EXTENSIONS:

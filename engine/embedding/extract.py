@@ -66,7 +66,7 @@ class EmbedInfo:
 
 def embed_dataset(model: str | ModelSpec, data, *, pretrained: str | None = None, templates=None, template_file=None,
                   template_set: str | None = None, classnames=None, split: str | None = None,
-                  domain: str | None = None, batch_size: int = 64, workers: int | None = None,
+                  domain: str | None = None, label_key: str | None = None, batch_size: int = 64, workers: int | None = None,
                   device: str | torch.device = "auto", dtype: str = "fp16", store=None, use_cache: bool = True,
                   max_skip_frac: float = 0.05, shard_rows: int = DEFAULT_SHARD_ROWS,
                   progress: Progress | None = None,
@@ -75,7 +75,9 @@ def embed_dataset(model: str | ModelSpec, data, *, pretrained: str | None = None
 
     model: a model name (see `resolve_model`), or the `ModelSpec` a caller already resolved (then
         `pretrained` is ignored).
-    data: a class-per-folder tree, a .csv/.jsonl manifest, or an `ImageDataset`.
+    data: anything `load_image_dataset` reads (a class-per-folder tree, a .csv/.jsonl manifest, webdataset
+        shards, NAME@ROOT, wilds:NAME@ROOT), or an `ImageDataset`. Without prompts given, the dataset's
+        own templates (CLIP_benchmark, benchmarks by name) are used.
     store: None (the default store root), a path, or a `Store`; ignored when use_cache is False.
     dtype: "fp16" or "fp32", how image rows are kept.
     models: a `ModelPool` the model is taken from (and kept in) when images must be encoded, so that
@@ -87,8 +89,8 @@ def embed_dataset(model: str | ModelSpec, data, *, pretrained: str | None = None
     _check_options(batch_size, workers, dtype, max_skip_frac, shard_rows)
     executor = as_executor(executor)
     workers = (0 if executor.is_ray else default_workers()) if workers is None else workers
-    ds = data if isinstance(data, ImageDataset) else load_image_dataset(data, classnames, split, domain)
-    prompts = resolve_templates(templates, template_file, template_set)
+    ds = data if isinstance(data, ImageDataset) else load_image_dataset(data, classnames, split, domain, label_key)
+    prompts = ds.prompts(templates, template_file, template_set)
     if executor.is_ray and not use_cache:
         raise InputError("--executor ray writes shard files into the store; drop --no-cache")
     st = open_store(store) if use_cache else None
@@ -169,14 +171,15 @@ class _Run:
 
     def in_memory(self, shard_rows: int) -> tuple[EmbeddingSet, EmbedInfo]:
         text = self.text()
-        blocks, labels, skipped = [], [], []
+        shards: dict[int, tuple] = {}
 
         def keep(idx, rows, labs, skipped_paths):
-            blocks.append(rows)
-            labels.append(labs)
-            skipped.extend(skipped_paths)
+            shards[idx] = (rows, labs, skipped_paths)
 
         encoded = self.encode(list(range(_n_shards(len(self.ds), shard_rows))), shard_rows, text.shape[1], keep, [])
+        blocks = [shards[i][0] for i in sorted(shards)]  # streamed shards may finish out of order
+        labels = [shards[i][1] for i in sorted(shards)]
+        skipped = [p for i in sorted(shards) for p in shards[i][2]]
         meta = self.meta(encoded, skipped)
         es = EmbeddingSet(blocks, np.concatenate(labels), text, self.ds.classnames, self.ds.root, meta)
         return es, self.info(es.n, skipped, encoded, None, None, meta)
@@ -304,7 +307,7 @@ class _Run:
             return 0
         lm = self.lm
         loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(self.ds.torch_dataset(lm.preprocess), indices), batch_size=self.batch_size,
+            self.ds.encoding_dataset(lm.preprocess, indices), batch_size=self.batch_size,
             shuffle=False, num_workers=self.workers, collate_fn=collate_skipping,
             pin_memory=lm.device.type == "cuda", prefetch_factor=4 if self.workers else None)
         store_dtype = STORE_DTYPES[self.dtype]
@@ -318,9 +321,9 @@ class _Run:
                     rows = self._to_store_dtype(emb, idx.numpy(), store_dtype)
                     encoded += len(rows)
                     for pos, item in enumerate(idx.tolist()):
-                        _buffer(pending, item // shard_rows).add(rows[pos], int(labels[pos]))
+                        _buffer(pending, item // shard_rows).add(rows[pos], int(labels[pos]), item)
                 for item in skipped:
-                    _buffer(pending, item // shard_rows).skip(self.ds.items[item].path)
+                    _buffer(pending, item // shard_rows).skip(self.ds.items[item].path, item)
                     skipped_total.append(self.ds.items[item].path)
                 self._check_skips(len(skipped_total), skipped_total)
                 done += 0 if images is None else len(idx)
@@ -362,25 +365,37 @@ class _Run:
 
 
 class _ShardBuffer:
+    """One store shard's rows as they arrive; handed out in dataset order (streamed items may arrive out of it)."""
+
     def __init__(self):
-        self._rows, self._labels, self.skipped = [], [], []
+        self._rows, self._labels, self._items, self._skipped = [], [], [], []
 
     @property
     def count(self) -> int:
-        return len(self._rows) + len(self.skipped)
+        return len(self._rows) + len(self._skipped)
 
-    def add(self, row: np.ndarray, label: int) -> None:
+    def add(self, row: np.ndarray, label: int, item: int) -> None:
         self._rows.append(row)
         self._labels.append(label)
+        self._items.append(item)
 
-    def skip(self, path: str) -> None:
-        self.skipped.append(path)
+    def skip(self, path: str, item: int) -> None:
+        self._skipped.append((item, path))
+
+    @property
+    def skipped(self) -> list[str]:
+        return [p for _, p in sorted(self._skipped)]
+
+    def _order(self) -> np.ndarray:
+        return np.argsort(np.asarray(self._items, dtype=np.int64), kind="stable")
 
     def rows(self, d: int, dtype) -> np.ndarray:
-        return np.stack(self._rows).astype(dtype, copy=False) if self._rows else np.zeros((0, d), dtype=dtype)
+        if not self._rows:
+            return np.zeros((0, d), dtype=dtype)
+        return np.stack(self._rows).astype(dtype, copy=False)[self._order()]
 
     def labels(self) -> np.ndarray:
-        return np.asarray(self._labels, dtype=np.int64)
+        return np.asarray(self._labels, dtype=np.int64)[self._order()]
 
 
 def _buffer(pending: dict, shard: int) -> _ShardBuffer:
