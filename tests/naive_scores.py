@@ -1,4 +1,4 @@
-"""Obviously correct float64 implementations of every SCIENCE.md score, straight from the definitions.
+"""Obviously correct float64 implementations of every score of docs/scores.md, straight from the definitions.
 
 Full N×N and N×C matrices, loops where the definition loops. For tests only.
 """

@@ -401,7 +401,7 @@ def test_plot_calibration_writes_png_atomically(tmp_path):
 
 # ---- the `iimm predict` command ------------------------------------------------------------------
 
-HAND_IIMM = math.sqrt(2) / 4  # SCIENCE.md's hand-checked example
+HAND_IIMM = math.sqrt(2) / 4  # docs/scores.md's hand-checked example
 
 
 @pytest.fixture()

@@ -2,7 +2,7 @@
 
 Per calibration task (one fine-tuning outcome each) the fit is `outcome = a + b·score` by
 least squares, for outcomes `gain`, `normalized_gain` and `forgetting` (fractions, see
-SCIENCE.md "From scores to predictions"). A new task's prediction comes with a Student-t
+docs/prediction.md). A new task's prediction comes with a Student-t
 prediction interval; leave-one-task-out errors say how well the fit transfers.
 Rank correlations (Kendall τ-b, weighted τ) compare every score against every outcome.
 """

@@ -3,7 +3,7 @@
 For each (model, method) every non-probe task of the catalog is fine-tuned once (finished runs
 in the store are reused and an interrupted one resumes from its last epoch, so an interrupted
 calibration picks up where it stopped), evaluated before and after on its own test split and on
-every other catalog task (forgetting), and the records are fitted by `predict.fit_calibration`.
+every other catalog task (forgetting), and the records are fitted by `fit.fit_calibration`.
 Zero-shot accuracies and scores are kept in the store and computed once per model and data,
 whatever the method. Calibrations are also logged in the store.
 """
