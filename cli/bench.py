@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ..engine.scoring.bench import DTYPES, run_bench
 from ..errors import InputError
-from ..kernels import BACKENDS
+from ..kernels import BACKENDS, ROW_DTYPES
+from .commands import command
+from .device_options import device_option
 from .progress import ProgressBar
 from .render import FORMATS, emit, table, to_csv, to_json, writable_path
 
@@ -47,14 +48,14 @@ def parse_backends(text: str) -> list[str]:
     return names
 
 
-@click.command()
+@command("bench")
 @click.option("--n", "n", type=click.IntRange(min=2), default=200_000, show_default=True, help="Rows (images).")
 @click.option("--d", "d", type=click.IntRange(min=1), default=512, show_default=True, help="Embedding width.")
 @click.option("--c", "c", type=click.IntRange(min=2), default=100, show_default=True, help="Classes.")
 @click.option("--backends", default=",".join(BACKENDS), show_default=True,
               help="Comma-separated backends to time; torch is the baseline of the '× torch' column.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float16", show_default=True,
+@device_option()
+@click.option("--dtype", type=click.Choice(ROW_DTYPES), default="float16", show_default=True,
               help="Storage dtype of the synthetic rows.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed passes (median).")
 @click.option("--pair-n", type=click.IntRange(min=2), help="Rows of the all-pairs pass (default 4096 CPU, 50k GPU).")
@@ -67,7 +68,8 @@ def parse_backends(text: str) -> list[str]:
               help="Write the result here instead of stdout.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def bench(n, d, c, backends, device, dtype, repeats, pair_n, naive_limit, sklearn_limit, seed, fmt, output, progress):
-    """Time class sums, cross reduce and the all-pairs pass per backend, beside the naive O(N²) peers."""
+    """Each backend's time per pass, rows/s, GB/s and its ratio to the PyTorch path."""
+    from ..engine.scoring.bench import run_bench
     from ..kernels import resolve_device
 
     device = str(resolve_device(device))  # report the device that ran, not "auto"

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import click
 
-from ..engine.calibration.runs import TaskRuns, calibrate, record_calibration
-from ..engine.calibration.catalog import load_catalog
 from ..engine.files import write_atomic
-from ..engine.finetune import METHODS, EvalOptions
-from ..engine.calibration.plots import plot_calibration
+from ..engine.finetune.config import METHODS, EvalOptions
+from .commands import command
+from .device_options import backend_option, device_option
 from .finetune import TrainingProgress
 from .render import table, to_csv, writable_path
 from .training_options import TRAIN_BATCH_DEFAULT, training_options
@@ -40,7 +39,7 @@ def fit_table(calibration) -> str:
     return table(rows, ["outcome", "slope", "intercept", "R²", "r", "p", "LOO RMSE"])
 
 
-@click.command("calibrate")
+@command("calibrate")
 @click.argument("catalog", type=click.Path(dir_okay=False))
 @click.option("--model", "-m", required=True, help="Model alias, architecture, hf-hub:ORG/REPO or local-dir:PATH.")
 @click.option("--pretrained", help="Weights for a bare architecture (tag, file or 'random').")
@@ -52,8 +51,8 @@ def fit_table(calibration) -> str:
 @click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
               show_default=True, help="Test share of each task that has no `test` in the catalog.")
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader workers (default: cores − 1).")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--backend", default="auto", show_default=True, help="Backend of the zero-shot scores.")
+@device_option()
+@backend_option("Backend of the zero-shot scores.")
 @click.option("--store", type=click.Path(file_okay=False), envvar="IIMM_HOME",
               help="Store folder [default: $IIMM_HOME, else ~/.cache/iimm].")
 @click.option("--permutations", type=click.IntRange(min=0), default=999, show_default=True,
@@ -63,10 +62,12 @@ def fit_table(calibration) -> str:
 @click.option("--progress/--no-progress", default=True)
 def calibrate_cmd(catalog, model, pretrained, methods, training, batch_size, test_fraction, workers, device, backend,
                   store, permutations, output, progress):
-    """Fine-tune MODEL on every task of CATALOG with each --method and fit IIMM → gain / forgetting.
-
-    Runs already in the store are reused, so an interrupted calibration resumes where it stopped.
+    """Runs already in the store are reused, so an interrupted calibration resumes where it stopped.
     """
+    from ..engine.calibration.catalog import load_catalog
+    from ..engine.calibration.plots import plot_calibration
+    from ..engine.calibration.runs import TaskRuns, calibrate, record_calibration
+
     cat = load_catalog(catalog)
 
     def on_failure(task, method, message):

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
+from .commands import command
 from .render import emit, to_csv, writable_path
 
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
@@ -96,12 +97,12 @@ def _json_type(value) -> str:
         type(value), "number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
-@click.command()
+@command("collect")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path,
               help="CSV file to write (default: stdout).")
 @click.option("--source-column", metavar="NAME",
               help="Add a first column NAME holding the file each row came from.")
 def collect(files, output, source_column):
-    """Flatten JSON results into one CSV: nested keys become dotted columns, one row per object."""
+    """FILES are .json (an object or a list of objects) or .jsonl / .ndjson (one object per line)."""
     emit(to_csv(collect_rows(files, source_column)), output)

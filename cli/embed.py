@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-
 import click
-import numpy as np
 
 from ..errors import InputError
+from .commands import command
+from .device_options import device_option
 from .executor_options import executor_options
 from .extract_options import extraction_options
 from .progress import ProgressBar
@@ -20,9 +20,9 @@ def embed_info_dict(es, info) -> dict:
             "location": info.location, "seconds": round(info.seconds, 6)}
 
 
-@click.command()
+@command("embed")
 @extraction_options
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@device_option()
 @click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path,
               help="Also write the embeddings to this .npz (image, label, text, classnames).")
 @click.option("--format", "fmt", type=click.Choice(["path", "json"]), default="path", show_default=True,
@@ -30,9 +30,7 @@ def embed_info_dict(es, info) -> dict:
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 @executor_options
 def embed(extract, device, output, fmt, progress, run_on):
-    """Encode images with a model (no scoring) and print where the embeddings are.
-
-    The folder printed can be passed to `iimm score --embeddings`. A second run on the
+    """The folder printed can be passed to `iimm score --embeddings`. A second run on the
     same model, images, class names and templates encodes nothing. With --executor ray
     each store shard is one Ray task; a rerun of an interrupted run resumes.
     """
@@ -54,5 +52,7 @@ def embed(extract, device, output, fmt, progress, run_on):
 
 def write_npz(f, es) -> None:
     """The embedding set as one .npz (image, label, text, classnames) into the open binary file f."""
+    import numpy as np
+
     image = np.concatenate([np.asarray(b) for b in es.image_blocks])
     np.savez(f, image=image, label=es.label, text=es.text, classnames=np.array(es.classnames or [], dtype=str))

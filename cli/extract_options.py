@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import click
 
-from ..engine.embedding.data import list_template_sets
+from ..engine.embedding.model_catalog import MODEL_ALIASES
+from ..engine.embedding.prompts import list_template_sets
 from ..errors import InputError
-from ..engine.embedding.models import MODEL_ALIASES, RANDOM_WEIGHTS, builtin_model_config
 from .option_group import option_group
 
 ENCODE_BATCH_DEFAULT = 64
@@ -49,6 +49,8 @@ class ExtractOptions:
 
     def check(self, need_data: bool = True) -> None:
         """--model and --data come together (unless need_data is False); a bare architecture needs its weights."""
+        from ..engine.embedding.models import RANDOM_WEIGHTS, builtin_model_config
+
         if need_data and bool(self.model) != bool(self.data):
             missing = "--data" if self.model else "--model"
             raise InputError(f"{missing} is missing; images are encoded with --model M --data PATH together")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from ..errors import InputError
-from ..engine.finetune import METHODS, DataOptions, EvalOptions
-from ..engine.finetune import finetune as run_finetune
+from ..engine.finetune.config import METHODS, DataOptions, EvalOptions
+from .commands import command
+from .device_options import backend_option, device_option
 from .extract_options import extraction_options
 from .progress import ProgressBar
 from .training_options import TRAIN_BATCH_DEFAULT, training_options
@@ -80,7 +81,7 @@ def record_table(record: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-@click.command()
+@command("finetune")
 @extraction_options
 @training_options
 @click.option("--method", type=click.Choice(METHODS), required=True,
@@ -99,20 +100,20 @@ def record_table(record: dict) -> str:
 @click.option("--reuse", is_flag=True,
               help="Print the stored record of a finished run with the same settings and --eval tasks instead of "
                    "training again.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--backend", default="auto", show_default=True, help="Backend of the zero-shot scores.")
+@device_option()
+@backend_option("Backend of the zero-shot scores.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path,
               help="Write the result here instead of stdout.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars and epoch lines on stderr.")
 def finetune(extract, training, method, test_path, test_fraction, eval_paths, ood_val, task, resume, reuse, device,
              backend, fmt, output, progress):
-    """Fine-tune a model on a task and record zero-shot vs fine-tuned accuracy, forgetting and the scores.
-
-    --batch-size is the training batch (default 128, the papers') and the encoding batch.
+    """--batch-size is the training batch (default 128, the papers') and the encoding batch.
     The record (JSON) and the checkpoints stay in the store (<store>/finetune/<run id>/),
     where calibration reads them back; --resume continues an interrupted run.
     """
+    from ..engine.finetune import finetune as run_finetune
+
     if not extract.given:
         raise InputError("nothing to fine-tune; pass --model M --data PATH --method METHOD")
     extract.check()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 
@@ -9,29 +10,14 @@ import click
 
 from .. import __version__
 from ..errors import IimmError
-
-# name -> (module in iimm.cli, command object, one-line help). Commands import torch and the engine,
-# seconds of start-up, so they load when run; `iimm --help` and `--version` answer at once.
-COMMANDS = {
-    "score": ("score", "score", "Score a task's zero-shot embeddings (IIMM, silhouettes, zero-shot accuracy, ...)."),
-    "embed": ("embed", "embed", "Encode images with a model (no scoring) and print where the embeddings are."),
-    "models": ("models_cmd", "models", "List the models `--model` accepts."),
-    "finetune": ("finetune", "finetune", "Fine-tune a model on a task and record zero-shot vs fine-tuned accuracy, "
-                                         "forgetting and the scores."),
-    "calibrate": ("calibrate", "calibrate_cmd", "Fine-tune MODEL on every task of CATALOG with each --method and fit "
-                                                "IIMM → gain / forgetting."),
-    "screen": ("screen", "screen_cmd", "Score every dataset of CATALOG with every --model and rank them by predicted "
-                                       "gain."),
-    "predict": ("predict", "predict", "Predict fine-tuning gain and forgetting of a task from its IIMM."),
-    "collect": ("collect", "collect", "Flatten JSON results into one CSV: nested keys become dotted columns, one row "
-                                      "per object."),
-    "bench": ("bench", "bench", "Time class sums, cross reduce and the all-pairs pass per backend, beside the naive "
-                                "O(N²) peers."),
-}
+from .commands import COMMANDS
 
 
 class LazyGroup(click.Group):
-    """A group whose commands are imported when one is run (or its own help is asked for)."""
+    """A group whose commands are imported when one is run (or its own help is asked for).
+
+    Command modules import torch only inside the command body, so `iimm CMD --help` is as quick as `iimm --help`.
+    """
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -39,12 +25,20 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
             return None
-        module, attribute, _ = COMMANDS[name]
-        return getattr(importlib.import_module(f"{__package__}.{module}"), attribute)
+        entry = COMMANDS[name]
+        return getattr(importlib.import_module(f"{__package__}.{entry.module}"), entry.attribute)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and name not in COMMANDS:
+            close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+            if close:
+                raise click.UsageError(f"No such command {name!r}. Did you mean {close[0]!r}?", ctx)
+        return super().resolve_command(ctx, args)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
-            formatter.write_dl([(name, short) for name, (_, _, short) in COMMANDS.items()])
+            formatter.write_dl([(name, entry.short) for name, entry in COMMANDS.items()])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -5,17 +5,16 @@ from __future__ import annotations
 import click
 
 from ..engine.embedding.model_catalog import list_model_entries
+from .commands import command
 from .render import emit, table, to_csv, to_json
 
 
-@click.command("models")
+@command("models")
 @click.option("--filter", "contains", help="Only rows whose architecture, tag or alias contains this text.")
 @click.option("--cached", "only_cached", is_flag=True, help="Only weights already on this machine.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 def models(contains, only_cached, fmt):
-    """List the models `--model` accepts.
-
-    Aliases (clip, siglip, coca, eva02) come first; any open_clip architecture works with
+    """Aliases (clip, siglip, coca, eva02) come first; any open_clip architecture works with
     --pretrained TAG|FILE, as do hf-hub:ORG/REPO and local-dir:PATH (a folder with
     open_clip_config.json and the weights). "cached" means the weights are already in the
     Hugging Face cache (or open_clip's download folder), so no network is needed.

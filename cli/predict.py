@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..engine import load_embeddings, score as score_embeddings
-from ..engine.calibration.runs import known_scores
-from ..engine.calibration.fit import Calibration, predict as predict_outcomes, rank_among
+from .commands import command
+from .device_options import backend_option, device_option
 from .extract_options import extraction_options
 from .progress import ProgressBar
 from .render import emit, table, to_json, writable_path
@@ -16,15 +15,19 @@ from .render import emit, table, to_json, writable_path
 
 def task_score(es, score_key: str, backend: str = "auto", device: str = "auto", progress: bool = True) -> float:
     """The task's score (IIMM) from its embedding set."""
+    from ..engine import score as score_embeddings
+
     with ProgressBar(enabled=progress) as bar:
         report = score_embeddings(es, [score_key], backend=backend, device=device, progress=bar)
     return report.scores[score_key]
 
 
-def prediction_report(value: float, calibration: Calibration | None = None, level: float = 0.90,
+def prediction_report(value: float, calibration=None, level: float = 0.90,
                       known_scores: list[float] | None = None) -> dict:
     """The JSON result: `{"iimm", "in_range", "predictions": {outcome: {"value", "low", "high"}}}`
     with a calibration; `{"iimm"}` plus `"rank"` / `"of"` among `known_scores` without one."""
+    from ..engine.calibration.fit import predict as predict_outcomes, rank_among
+
     if calibration is not None:
         out = predict_outcomes(calibration, value, level).to_dict()
         out.update({"model": calibration.model, "method": calibration.method,
@@ -64,7 +67,7 @@ def out_of_range_warning(report: dict, score_key: str = "iimm") -> str | None:
             f"{lo:.4f} .. {hi:.4f}; the prediction is an extrapolation")
 
 
-@click.command()
+@command("predict")
 @extraction_options
 @click.option("--calibration", "calibration_path", type=click.Path(dir_okay=False),
               help="A calibration JSON written by `iimm calibrate`; without it, only the IIMM (and its rank).")
@@ -77,15 +80,17 @@ def out_of_range_warning(report: dict, score_key: str = "iimm") -> str | None:
               help="Write the result here instead of stdout.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), callback=writable_path,
               help="Also draw the calibration with this task marked, as a PNG.")
-@click.option("--backend", default="auto", show_default=True, help="auto, torch, numba or triton.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@backend_option()
+@device_option()
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def predict(extract, calibration_path, embeddings_path, level, fmt, output, plot_path, backend, device, progress):
-    """Predict fine-tuning gain and forgetting of a task from its IIMM.
-
-    The task is --embeddings PATH, or --model M --data IMAGES (embeddings from the store).
+    """The task is --embeddings PATH, or --model M --data IMAGES (embeddings from the store).
     Without --calibration it prints the IIMM and its rank among the scores the store knows.
     """
+    from ..engine import load_embeddings
+    from ..engine.calibration.fit import Calibration
+    from ..engine.calibration.runs import known_scores
+
     if extract.given == bool(embeddings_path):
         raise click.UsageError("give the task once: --embeddings PATH, or --model M --data PATH")
     calibration = Calibration.from_json(calibration_path) if calibration_path else None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tqdm.auto import tqdm
+# Below this many steps a bar counts plainly (0/6, not 0.00/6.00) and shows no rate (?it/s before the first step).
+SCALED_TOTAL = 1000
+SMALL_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
 
 
 class ProgressBar:
@@ -19,7 +21,7 @@ class ProgressBar:
         if stage != self._stage:
             self.close()
             self._stage = stage
-            self._bar = tqdm(total=total, desc=stage, unit=self.unit, unit_scale=True, leave=False, disable=None)
+            self._bar = new_bar(stage, total, self.unit)
         self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
@@ -33,3 +35,12 @@ class ProgressBar:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def new_bar(stage: str, total: int, unit: str):
+    """A tqdm bar for one stage on stderr (tqdm is imported here: `iimm CMD --help` does not need it)."""
+    from tqdm.auto import tqdm
+
+    if total is not None and total < SCALED_TOTAL:
+        return tqdm(total=total, desc=stage, unit=unit, leave=False, disable=None, bar_format=SMALL_BAR)
+    return tqdm(total=total, desc=stage, unit=unit, unit_scale=True, leave=False, disable=None)

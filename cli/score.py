@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import click
-import numpy as np
 
-from ..engine import load_embeddings, score as score_embeddings
+from ..engine.scoring.registry import (DEFAULT_BASELINE_SAMPLE, DEFAULT_QUADRATIC_LIMIT, METRIC_GROUPS, SCORES,
+                                      TRANSFER_ALIASES, TRANSFER_SCORES)
 from ..errors import InputError
-from ..engine.scoring.scores import DEFAULT_QUADRATIC_LIMIT, METRIC_GROUPS, SCORES
-from ..engine.scoring.baselines import DEFAULT_BASELINE_SAMPLE, TRANSFER_ALIASES, TRANSFER_SCORES
-from ..engine.embedding.store import open_store
+from .commands import command
+from .device_options import backend_option, device_option
 from .extract_options import extraction_options
 from .progress import ProgressBar
 from .render import FORMATS, emit, table, to_csv, to_json, writable_path
@@ -40,13 +39,15 @@ def render_result(result: dict, fmt: str) -> str:
 
 
 def load_label_embeddings(path: str):
+    import numpy as np
+
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read label embeddings {path}: {exc}; pass a (C, D) float .npy file") from exc
 
 
-@click.command()
+@command("score")
 @click.option("--embeddings", "embeddings_path", type=click.Path(),
               help="An .npz (image, label, text[, classnames]), a folder of image.npy/label.npy/text.npy "
                    "(such as `iimm embed` prints) or a clip-retrieval output folder (img_emb/, metadata/; "
@@ -60,8 +61,8 @@ def load_label_embeddings(path: str):
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path,
               help="Write the result here instead of stdout.")
-@click.option("--backend", default="auto", show_default=True, help="auto, torch, numba or triton.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@backend_option()
+@device_option()
 @click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per chunk (default: about 128 MiB).")
 @click.option("--gensil-p", type=float, default=1.0, show_default=True, help="Power-mean exponent of gensil.")
 @click.option("--sample", type=click.IntRange(min=2), help="Rows for the all-pairs scores (seeded sample).")
@@ -77,11 +78,12 @@ def load_label_embeddings(path: str):
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def score(embeddings_path, label_column, extract, metrics, fmt, output, backend, device, chunk_rows, gensil_p,
           sample, seed, quadratic_limit, logit_scale, baseline_sample, label_embeddings, progress):
-    """Score a task's zero-shot embeddings (IIMM, silhouettes, zero-shot accuracy, ...).
-
-    Either --embeddings PATH, or --model M --data IMAGES (encoded once, then kept in the store).
+    """Either --embeddings PATH, or --model M --data IMAGES (encoded once, then kept in the store).
     A clip-retrieval folder's class texts come from its text.npy, or from --model M with --template prompts.
     """
+    from ..engine import load_embeddings, score as score_embeddings
+    from ..engine.embedding.store import open_store
+
     info = None
     if embeddings_path:
         if extract.data:

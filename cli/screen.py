@@ -7,10 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..engine.calibration.catalog import load_catalog
-from ..engine.calibration.plots import plot_screen
-from ..engine.calibration.fit import Calibration
-from ..engine.calibration.screen import screen
+from .commands import command
+from .device_options import backend_option, device_option
 from .progress import ProgressBar
 from .render import FORMATS, emit, table, to_csv, to_json, writable_path
 
@@ -36,7 +34,7 @@ def screen_table(result) -> str:
     return table(rows, header)
 
 
-@click.command("screen")
+@command("screen")
 @click.argument("catalog", type=click.Path(dir_okay=False))
 @click.option("--model", "models", multiple=True, required=True,
               help="Model: an alias, an open_clip architecture, hf-hub:ORG/REPO or local-dir:PATH (repeatable).")
@@ -50,8 +48,8 @@ def screen_table(result) -> str:
               help="Write the table/CSV/JSON here.")
 @click.option("--plot", type=click.Path(dir_okay=False), callback=writable_path,
               help="PNG chart (default: beside --output, same stem).")
-@click.option("--backend", default="auto", show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@backend_option()
+@device_option()
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader workers (default: cores − 1).")
 @click.option("--store", type=click.Path(file_okay=False), envvar="IIMM_HOME",
@@ -61,7 +59,12 @@ def screen_table(result) -> str:
 @click.option("--include-probes", is_flag=True, help="Also screen the catalog's probe-only datasets.")
 def screen_cmd(catalog, models, pretrained, calibrations, metrics, fmt, output, plot, backend, device, batch_size,
                workers, store, max_skip_frac, include_probes):
-    """Score every dataset of CATALOG with every --model and rank them by predicted gain."""
+    """Cached embeddings are reused; without --calibration the ranking is by IIMM."""
+    from ..engine.calibration.catalog import load_catalog
+    from ..engine.calibration.fit import Calibration
+    from ..engine.calibration.plots import plot_screen
+    from ..engine.calibration.screen import screen
+
     cat = load_catalog(catalog)
     cals = [Calibration.from_json(c) for c in calibrations]
     keys = None if metrics == "all" else [k for k in metrics.split(",") if k.strip()]

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import click
 
-from ..engine.finetune import DataOptions, MethodOptions, TrainConfig
-from ..engine.finetune.trainer import OPTIMIZERS, SCHEDULES
+from ..engine.finetune.config import OPTIMIZERS, SCHEDULES, DataOptions, MethodOptions, TrainConfig
 from .option_group import option_group
 
 _TRAIN = TrainConfig()  # the CLI's defaults are the engine's

@@ -7,9 +7,11 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
 
 from ..errors import InputError
 
@@ -75,6 +77,8 @@ def write_atomic(path: str | os.PathLike, data: bytes | str | None = None,
 
 
 def write_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> Path:
+    import numpy as np
+
     return write_atomic(path, writer=lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
 
 

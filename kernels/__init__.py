@@ -14,15 +14,18 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import BackendUnavailable, InputError
-from . import reference
-from .reference import ClassSums, CrossReduce, PairwiseSums, as_tensor
 
+if TYPE_CHECKING:
+    import torch
+
+    from .reference import ClassSums, CrossReduce, PairwiseSums
+
+# torch is imported where a backend is built, not here: the CLI reads BACKENDS for its help without torch.
 BACKENDS = ("torch", "numba", "triton")
+ROW_DTYPES = ("float16", "bfloat16", "float32")  # storage dtypes of the rows every backend reads
 
 
 @dataclass(frozen=True)
@@ -37,11 +40,15 @@ class Backend:
 
     def tensor(self, a) -> torch.Tensor:
         """A NumPy array or tensor on this backend's device (zero-copy on the CPU)."""
+        from .reference import as_tensor
+
         return as_tensor(a, self.device)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """`auto` (or None) is the first CUDA device when one is usable, else the CPU."""
+    import torch
+
     if isinstance(device, torch.device):
         dev = device
     elif device in (None, "auto"):
@@ -63,6 +70,8 @@ def triton_interpreted() -> bool:
 
 def get_backend(name: str = "auto", device: str | torch.device | None = None) -> Backend:
     """Return the backend `name` ("auto" | "torch" | "numba" | "triton") on `device`."""
+    from . import reference
+
     name = (name or "auto").lower()
     if name == "auto":
         name = os.environ.get("IIMM_BACKEND", "auto").lower() or "auto"

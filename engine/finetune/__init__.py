@@ -2,17 +2,35 @@
 
 `finetune(model, data, method, ...)` runs a fine-tune the way the papers did and keeps its
 record in the store; `list_finetune_records` reads the records back (for calibration).
+Names load on first use (PEP 562): the options in `config` are read without importing torch.
 """
 
-from .evaluate import Accuracy, accuracy, outcome, summarize_seeds
-from .methods import METHODS, MethodOptions, TunedModel, base_state_dict, trainable_parameters, tune_model
-from .records import list_finetune_records, load_finetuned, read_checkpoint
-from .plan import DataOptions, EvalOptions, EvalTask
-from .run import FinetuneResult, finetune
-from .subsets import TaskSplits, few_shot_subset, split_task, stratified_split
-from .trainer import DEFAULT_LR, TrainConfig, learning_rate
+from __future__ import annotations
+
+import importlib
+
+from .config import DEFAULT_LR, METHODS, DataOptions, EvalOptions, MethodOptions, TrainConfig
+
+_EXPORTS = {
+    ".evaluate": ["Accuracy", "accuracy", "outcome", "summarize_seeds"],
+    ".methods": ["TunedModel", "base_state_dict", "trainable_parameters", "tune_model"],
+    ".records": ["list_finetune_records", "load_finetuned", "read_checkpoint"],
+    ".plan": ["EvalTask"],
+    ".run": ["FinetuneResult", "finetune"],
+    ".subsets": ["TaskSplits", "few_shot_subset", "split_task", "stratified_split"],
+    ".trainer": ["learning_rate"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = ["finetune", "FinetuneResult", "EvalTask", "DataOptions", "EvalOptions", "METHODS", "MethodOptions",
            "TrainConfig", "DEFAULT_LR", "TunedModel", "tune_model", "trainable_parameters", "base_state_dict",
            "list_finetune_records", "load_finetuned", "read_checkpoint", "Accuracy", "accuracy", "outcome",
            "summarize_seeds", "TaskSplits", "split_task", "few_shot_subset", "stratified_split", "learning_rate"]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value

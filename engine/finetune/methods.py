@@ -29,47 +29,14 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from ...errors import InputError
+from .config import METHODS, MethodOptions  # noqa: F401 - re-exported
 from .lora import add_lora, fused_qv_blocks
 
-METHODS = ("full", "bitfit", "attention", "lora", "adapter", "probe")
 TOWER_METHODS = ("full", "bitfit", "attention", "lora")  # methods that change the towers' own computation
 BLOCK_CONTAINERS = ("resblocks", "blocks", "layer", "layers")
 FROZEN_NAMES = ("logit_scale", "logit_bias")
 NON_CONTRASTIVE_PREFIXES = ("text_decoder.",)
 ADAPTER_RESIDUAL_RATIO = 0.2
-
-
-@dataclass(frozen=True)
-class MethodOptions:
-    """Options of the methods; each method reads only its own.
-
-    rank, alpha, lora_mlp: LoRA rank r, scale numerator α (update scaled by α/r), and
-        whether every Linear of each block's MLP is adapted too.
-    reduction: CLIP-Adapter bottleneck width = embed_dim // reduction (at least 1).
-    train_blocks: attention (A-CLIP) trains the first K blocks of each tower; None = all.
-    """
-
-    rank: int = 8
-    alpha: float = 16.0
-    lora_mlp: bool = False
-    reduction: int = 4
-    train_blocks: int | None = None
-
-    def relevant(self, method: str) -> dict:
-        """The options that define a run of `method` (for records and run ids)."""
-        keys = {"lora": ("rank", "alpha", "lora_mlp"), "adapter": ("reduction",),
-                "attention": ("train_blocks",)}.get(method, ())
-        return {k: v for k, v in asdict(self).items() if k in keys}
-
-    def check(self) -> None:
-        if self.rank < 1:
-            raise InputError(f"--rank must be at least 1, got {self.rank}")
-        if not self.alpha > 0:
-            raise InputError(f"--alpha must be positive, got {self.alpha}")
-        if self.reduction < 1:
-            raise InputError(f"--reduction must be at least 1, got {self.reduction}")
-        if self.train_blocks is not None and self.train_blocks < 1:
-            raise InputError(f"--train-blocks must be at least 1, got {self.train_blocks}")
 
 
 @dataclass(frozen=True)

@@ -18,60 +18,13 @@ from ...errors import InputError
 from ..embedding.data import ImageDataset, load_image_dataset, resolve_templates
 from ..embedding.store import Store, open_store
 from ..files import write_json_atomic
+from .config import DataOptions, EvalOptions
 from .methods import MethodOptions, check_method, check_train_blocks
 from .records import finetune_root, index_record, read_record, run_id_of
 from .subsets import TaskSplits, split_task
 from .trainer import TrainConfig
 
 CONFIG_FORMAT = 2
-
-
-@dataclass(frozen=True)
-class DataOptions:
-    """Where a task's images, classes and prompts come from.
-
-    test / ood_val: images with the training classes (a folder, a manifest or an ImageDataset);
-        test_fraction: hold out this share of each class as the test split instead.
-    evals: other tasks measured before and after (forgetting): paths, ImageDatasets or EvalTasks.
-    templates / template_file / template_set: the prompts (see `resolve_templates`).
-    classnames, split, domain: as for `load_image_dataset`.
-    task: the task's name in the record [default: the name of the data].
-    split_seed: seed of the test and validation splits (the same for every run seed).
-    """
-
-    test: Any = None
-    test_fraction: float | None = None
-    evals: Sequence = ()
-    ood_val: Any = None
-    templates: Sequence[str] | None = None
-    template_file: str | None = None
-    template_set: str | None = None
-    classnames: Any = None
-    split: str | None = None
-    domain: str | None = None
-    task: str | None = None
-    split_seed: int = 0
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    """How the zero-shot baseline and the accuracies are measured.
-
-    dtype, use_cache, max_skip_frac: `embed_dataset` options of the embeddings the zero-shot scores
-        are computed on (use_cache also keeps zero-shot accuracies and scores in the store).
-    batch_size: images per batch when encoding and evaluating.
-    score_backend: compute backend of the zero-shot scores (see `iimm.engine.score`).
-    """
-
-    dtype: str = "fp16"
-    use_cache: bool = True
-    max_skip_frac: float = 0.05
-    batch_size: int = 64
-    score_backend: str = "auto"
-
-    def embed_kwargs(self) -> dict:
-        return {"dtype": self.dtype, "use_cache": self.use_cache, "max_skip_frac": self.max_skip_frac,
-                "batch_size": self.batch_size}
 
 
 def split_keywords(data: DataOptions | None, evaluation: EvalOptions | None,

@@ -24,65 +24,14 @@ import torch.nn.functional as F
 from ..embedding.data import ImageDataset, collate_skipping
 from ...errors import InputError
 from ..embedding.models import encode_dtype
+from .config import DEFAULT_LR, OPTIMIZERS, SCHEDULES, TrainConfig  # noqa: F401 - re-exported
 from .evaluate import accuracy, autocast, class_embeddings
 from .records import (CHECKPOINT_FILE, RESUME_FILE, RESUME_FORMAT, load_tensors, load_trainable, save_checkpoint,
                       save_tensors)
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "constant")
 SGD_MOMENTUM = 0.9
 PROGRESS_EVERY_S = 0.5  # how often the per-step progress (and its GPU sync) is reported
-# Starting points inside the papers' grid (1e-5 … 1e-2); sweep --lr for real calibration runs.
-DEFAULT_LR = {
-    "sgd": {"full": 1e-4, "attention": 1e-4, "bitfit": 1e-3, "lora": 1e-3, "adapter": 1e-2, "probe": 1e-2},
-    "adamw": {"full": 1e-5, "attention": 1e-5, "bitfit": 1e-4, "lora": 1e-4, "adapter": 1e-3, "probe": 1e-3},
-}
 Progress = Callable[..., None]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyperparameters of a fine-tuning run (SCIENCE.md's reference defaults).
-
-    lr: None picks DEFAULT_LR[optimizer][method]. warmup: linear warm-up steps.
-    val_fraction: in-domain validation share of the training images (0: keep the last epoch).
-    shots / fraction: few-shot training set (K images per class, or a share of each class).
-    select_on: "val" (in-domain validation) or "ood" (an out-of-domain validation set).
-    """
-
-    epochs: int = 10
-    lr: float | None = None
-    wd: float = 1e-4
-    optimizer: str = "sgd"
-    batch_size: int = 128
-    schedule: str = "cosine"
-    warmup: int = 0
-    val_fraction: float = 0.1
-    shots: int | None = None
-    fraction: float | None = None
-    select_on: str = "val"
-
-    def resolved(self, method: str) -> "TrainConfig":
-        """Checked, with the learning rate filled in for `method`."""
-        if self.epochs < 1:
-            raise InputError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"unknown --optimizer {self.optimizer!r}; choose {' or '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise InputError(f"unknown --schedule {self.schedule!r}; choose {' or '.join(SCHEDULES)}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise InputError(f"--lr must be a positive number, got {self.lr}")
-        if not (self.wd >= 0 and math.isfinite(self.wd)):
-            raise InputError(f"--wd must be a non-negative number, got {self.wd}")
-        if self.batch_size < 1 or self.warmup < 0:
-            raise InputError("--batch-size must be at least 1 and --warmup at least 0")
-        if not 0 <= self.val_fraction < 1:
-            raise InputError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if self.shots is not None and self.fraction is not None:
-            raise InputError("both --shots and --fraction given; a few-shot run takes one of them")
-        if self.select_on not in ("val", "ood"):
-            raise InputError(f"--select-on must be val or ood, got {self.select_on!r}")
-        return self if self.lr is not None else replace(self, lr=DEFAULT_LR[self.optimizer][method])
 
 
 def learning_rate(step: int, total_steps: int, base: float, schedule: str, warmup: int) -> float:

@@ -20,65 +20,23 @@ are in `transfer_formulas`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
 from ..embedding.embedding_set import EmbeddingSet
 from ...errors import InputError
+from .registry import DEFAULT_BASELINE_SAMPLE, TRANSFER_ALIASES, TRANSFER_SCORES, TransferScore  # noqa: F401
 from .baseline_formulas import (emms, gbc, hscore, leep_conditional, logme_rows, logme_streamed,
                                 ncti_parts, nce, sfda_classifier, sfda_other_means, transrate)
 from .baseline_stats import (Chunk, ClassScatterStats, GramStats, LeepSum, ZeroShotJointStats, normalise_rows,
                              softmax, stream_rows)
 
 DEFAULT_LOGIT_SCALE = 100.0
-DEFAULT_BASELINE_SAMPLE = 50_000
 DEFAULT_CHUNK_ROWS = 16_384
 DEFAULT_GRAM_BUDGET_BYTES = 1 << 30
 
 
-@dataclass(frozen=True)
-class TransferScore:
-    """One baseline output key: what it measures (one line) and which paper defines it."""
-
-    key: str
-    description: str
-    reference: str
-
-    def compute(self, es: EmbeddingSet, **options) -> tuple[float, list[str]]:
-        """This key alone: (value, notes). Options as `compute_transfer`."""
-        result = compute_transfer(es, [self.key], **options)
-        return result.scores[self.key], result.notes
-
-
-TRANSFER_SCORES: dict[str, TransferScore] = {s.key: s for s in [
-    TransferScore("logme", "LogME: max log evidence per row of a Bayesian linear model features → one-hot labels",
-                  "You et al., ICML 2021"),
-    TransferScore("leep", "LEEP: log expected empirical prediction of the zero-shot classifier's labels",
-                  "Nguyen et al., ICML 2020"),
-    TransferScore("nce", "NCE: −H(label | zero-shot prediction)", "Tran et al., ICCV 2019"),
-    TransferScore("hscore", "H-Score: tr(pinv(Cov f) · Cov(E[f | y]))", "Bao et al., ICIP 2019"),
-    TransferScore("gbc_spherical", "GBC: −Σ Bhattacharyya coefficients between spherical class Gaussians",
-                  "Pandy et al., CVPR 2022"),
-    TransferScore("gbc_diagonal", "GBC: −Σ Bhattacharyya coefficients between diagonal class Gaussians",
-                  "Pandy et al., CVPR 2022"),
-    TransferScore("sfda", "SFDA: mean true-class probability of a regularised Fisher discriminant after ConfMix",
-                  "Shao et al., ECCV 2022"),
-    TransferScore("transrate", "TransRate: coding rate of all rows minus mean coding rate within classes",
-                  "Huang et al., ICML 2022"),
-    TransferScore("ncti_sc", "NCTI part: nuclear norm of the centred LDA features (raw; combine across models)",
-                  "Wang et al., CVPR 2023"),
-    TransferScore("ncti_cls", "NCTI part: mean LDA probability of the true class (raw; combine across models)",
-                  "Wang et al., CVPR 2023"),
-    TransferScore("ncti_nc", "NCTI part: log Σ_c nuclear norm of class-c LDA probabilities (raw; lower is better)",
-                  "Wang et al., CVPR 2023"),
-    TransferScore("emms", "EMMS: −residual of regressing features onto text-tower label embeddings",
-                  "Meng et al., 2023"),
-]}
-
-TRANSFER_ALIASES: dict[str, tuple[str, ...]] = {"ncti": ("ncti_sc", "ncti_cls", "ncti_nc"),
-                                               "gbc": ("gbc_spherical", "gbc_diagonal")}
 NCTI_PARTS = TRANSFER_ALIASES["ncti"]
 SCATTER_KEYS = {"hscore", "sfda", "transrate", "emms"}          # need the D×D scatter of pass 1
 PASS1_KEYS = {"leep", "nce", "gbc_spherical", "gbc_diagonal"}    # need pass 1 without the scatter

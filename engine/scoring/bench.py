@@ -18,12 +18,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ...kernels import BACKENDS, get_backend, resolve_device, triton_interpreted
+from ...kernels import BACKENDS, ROW_DTYPES, get_backend, resolve_device, triton_interpreted
 from ...errors import IimmError, InputError
 from .scores import PAIR_TILE, finalize_linear, pairwise_silhouette
 from .stats import ClassStats, ZeroShotStats
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DTYPES = {name: getattr(torch, name) for name in ROW_DTYPES}
 NAIVE_LIMIT = {"cpu": 20_000, "cuda": 200_000}
 SKLEARN_LIMIT = 10_000
 PAIR_N = {"cpu": 4_096, "cuda": 50_000}

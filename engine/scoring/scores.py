@@ -20,52 +20,16 @@ from ... import __version__
 from ...kernels import Backend, get_backend
 from ..embedding.embedding_set import EmbeddingSet
 from ...errors import InputError
+from .registry import DEFAULT_QUADRATIC_LIMIT, METRIC_GROUPS, SCORES, ScoreSpec  # noqa: F401
 from .stats import (ClassStats, PairwiseSilhouetteStats, SilhouetteClassStats, SilhouetteModalityStats,
                     ZeroShotStats, silhouette_values)
 
 GENSIL_ZERO_EPS = 1e-6
-DEFAULT_QUADRATIC_LIMIT = 50_000
 PAIR_TILE = 4096  # rows per all-pairs tile
 TARGET_CHUNK_BYTES = 128 << 20
 
 # pass names: "class" (pass 1), "zeroshot", "silhouette_class", "modality" (pass 2), "euclidean", "gensil" (tiles)
 CLUSTERING_PASSES = ("silhouette_class", "euclidean", "gensil")
-
-
-@dataclass(frozen=True)
-class ScoreSpec:
-    key: str
-    meaning: str
-    passes: tuple[str, ...]
-    min_classes: int = 1
-
-    @property
-    def quadratic(self) -> bool:
-        return any(p in ("euclidean", "gensil") for p in self.passes)
-
-
-SCORES: dict[str, ScoreSpec] = {s.key: s for s in [
-    ScoreSpec("iimm", "Inter-Intra Modal Measure, ½(intra + inter): higher = more to gain and to forget",
-              ("class",), 2),
-    ScoreSpec("iimm_intra_image", "mean cosine similarity of all image pairs", ("class",)),
-    ScoreSpec("iimm_inter_modal", "mean cosine of each image to the texts of its incorrect classes", ("class",), 2),
-    ScoreSpec("acs", "mean cosine of each image to its correct class text", ("class",)),
-    ScoreSpec("gap", "modality gap: distance between the image mean and the class-text mean", ("class",)),
-    ScoreSpec("uniformity_text", "mean over classes of the cosine of its text to other classes' images",
-              ("class",), 2),
-    ScoreSpec("inter_text", "mean cosine between the texts of different classes", ("class",), 2),
-    ScoreSpec("zeroshot_top1", "zero-shot top-1 accuracy (argmax of image·text)", ("zeroshot",)),
-    ScoreSpec("zeroshot_top5", "zero-shot top-5 accuracy", ("zeroshot",)),
-    ScoreSpec("zeroshot_balanced", "zero-shot balanced accuracy (mean per-class recall)", ("zeroshot",)),
-    ScoreSpec("silhouette_modality", "silhouette of images vs class texts as two clusters, cosine distance",
-              ("class", "modality")),
-    ScoreSpec("silhouette_class", "silhouette of the images clustered by label, cosine distance",
-              ("class", "silhouette_class"), 2),
-    ScoreSpec("silhouette_class_euclidean", "silhouette of the images clustered by label, Euclidean distance",
-              ("class", "euclidean"), 2),
-    ScoreSpec("gensil", "generalised silhouette (power mean of cosine distances, exponent p) by label",
-              ("class", "gensil"), 2),
-]}
 
 
 @dataclass
@@ -92,9 +56,6 @@ class ScoreReport:
         if self.sample_rows:
             out["sample_rows"] = dict(self.sample_rows)
         return out
-
-
-METRIC_GROUPS = ("all", "baselines", "everything")
 
 
 def resolve_keys(keys: Iterable[str] | str | None) -> list[str]:
