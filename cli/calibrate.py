@@ -11,6 +11,7 @@ from ..engine.files import write_atomic
 from ..engine.finetune.config import METHODS, EvalOptions
 from .commands import command
 from .device_options import backend_option, device_option
+from .executor_options import executor_options
 from .finetune import TrainingProgress
 from .render import table, to_csv, writable_path
 from .training_options import TRAIN_BATCH_DEFAULT, training_options
@@ -60,9 +61,11 @@ def fit_table(calibration) -> str:
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), callback=writable_path,
               help="Calibration JSON; the PNG plot and the τ table (CSV) are written beside it.")
 @click.option("--progress/--no-progress", default=True)
+@executor_options
 def calibrate_cmd(catalog, model, pretrained, methods, training, batch_size, test_fraction, workers, device, backend,
-                  store, permutations, output, progress):
+                  store, permutations, output, progress, run_on):
     """Runs already in the store are reused, so an interrupted calibration resumes where it stopped.
+    With --executor ray each (method, task) fine-tune is one Ray task; the store must be shared storage.
     """
     from ..engine.calibration.catalog import load_catalog
     from ..engine.calibration.plots import plot_calibration
@@ -78,7 +81,7 @@ def calibrate_cmd(catalog, model, pretrained, methods, training, batch_size, tes
                         test_fraction=test_fraction, evaluation=EvalOptions(score_backend=backend))
         run = calibrate(cat, model, methods, pretrained=pretrained, config=training.config(batch_size),
                         options=training.method_options(), runs=runs, device=device, workers=workers, store=store,
-                        permutations=permutations, progress=bar, on_failure=on_failure)
+                        permutations=permutations, progress=bar, on_failure=on_failure, executor=run_on.build())
     several = len(methods) > 1
     for method in methods:
         cal = run.calibrations[method]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import InputError
 
@@ -69,13 +69,13 @@ class UnitFailure:
 
 
 def map_units(fn: Callable[[Any], Any], units: Sequence, executor: "Executor | str | None" = None, *,
-              resources: dict | None = None, on_result: Callable[[int, Any], None] | None = None,
+              resources: "dict | Callable[[Any], dict] | None" = None, on_result: Callable[[int, Any], None] | None = None,
               on_failure: Callable[[int, UnitFailure], None] | None = None) -> list:
     """fn(unit) for every unit; returns the results in unit order, a `UnitFailure` where a unit kept failing.
 
     A failing unit never stops the others. on_result(i, result) / on_failure(i, failure) are called on the
     driver as each unit finishes (in completion order under Ray).
-    resources: Ray task options such as {"num_cpus": 1, "num_gpus": 1}; ignored locally.
+    resources: Ray task options such as {"num_cpus": 1, "num_gpus": 1}, or unit -> options; ignored locally.
     """
     ex = as_executor(executor)
     units = list(units)
@@ -172,11 +172,24 @@ def ray_get(value):
     return value
 
 
-def _map_ray(fn, units, ex: Executor, resources: dict, on_result, on_failure) -> list:
+def model_task_resources(executor: Executor, device: str, cpus: int = 1) -> dict:
+    """Ray options of a task that runs a model: one GPU where it runs on CUDA (or `auto` on a cluster with
+    GPUs), else `cpus` CPUs."""
+    gpus = ensure_ray(executor.address).cluster_resources().get("GPU", 0)
+    wants_gpu = str(device).startswith("cuda") or (str(device) == "auto" and gpus > 0)
+    return {"num_gpus": 1, "num_cpus": cpus} if wants_gpu else {"num_cpus": cpus}
+
+
+def _map_ray(fn, units, ex: Executor, resources, on_result, on_failure) -> list:
     ray = ensure_ray(ex.address)
-    remote = ray.remote(_run_unit).options(max_retries=3, retry_exceptions=False, **resources)
+    remote = ray.remote(_run_unit)
     fn_ref = ray.put(fn)  # the function (and what it closes over) goes to the object store once
-    pending = {remote.remote(fn_ref, unit): (i, 1) for i, unit in enumerate(units)}
+
+    def submit(unit):
+        options = resources(unit) if callable(resources) else resources
+        return remote.options(max_retries=3, retry_exceptions=False, **options).remote(fn_ref, unit)
+
+    pending = {submit(unit): (i, 1) for i, unit in enumerate(units)}
     out: list = [None] * len(units)
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
@@ -187,7 +200,7 @@ def _map_ray(fn, units, ex: Executor, resources: dict, on_result, on_failure) ->
         except Exception as exc:  # noqa: BLE001 - an application error (or a worker lost past its retries)
             error = getattr(exc, "cause", None) or exc
             if tries <= ex.retries:
-                pending[remote.remote(fn_ref, units[i])] = (i, tries + 1)
+                pending[submit(units[i])] = (i, tries + 1)
                 continue
             result = UnitFailure(units[i], error, tries)
         out[i] = result
@@ -197,14 +210,3 @@ def _map_ray(fn, units, ex: Executor, resources: dict, on_result, on_failure) ->
 
 def _run_unit(fn, unit):
     return fn(unit)
-
-
-def describe(executor: "Executor | str | None") -> str:
-    ex = as_executor(executor)
-    return "local" if not ex.is_ray else f"ray ({ex.address or 'local cluster'})"
-
-
-def chunked(items: Iterable, size: int) -> list[list]:
-    """Consecutive groups of at most `size` items."""
-    items = list(items)
-    return [items[i:i + size] for i in range(0, len(items), max(1, size))]

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Sequence
 
+from ..distributed import Executor, UnitFailure, as_executor, map_units, model_task_resources
 from .catalog import Catalog, Dataset
 from ..embedding.data import ImageDataset, load_image_dataset, resolve_templates
 from ...errors import InputError, one_line
@@ -114,13 +115,16 @@ def calibrate(catalog: Catalog, model: str, methods: Sequence[str], *, pretraine
               config: TrainConfig | None = None, options: MethodOptions | None = None, runs: TaskRuns | None = None,
               device: str = "auto", workers: int | None = None, store=None, permutations: int = 999,
               progress: Callable | None = None, on_failure: Callable[[str, str, str], None] | None = None,
-              **keywords) -> CalibrationRun:
+              executor=None, **keywords) -> CalibrationRun:
     """Fine-tune `model` with each method on every target task of `catalog` and fit the calibrations.
 
     A task's test images are its catalog `test` (a folder, or a split of its manifest), else a
     stratified `runs.test_fraction` of its images (seeded by `runs.split_seed`). TaskRuns' fields (and
     `score_backend`) can also be given as keywords.
-    progress: as for `finetune`, plus ("task", k, runs, {"task", "method"}) before the k-th of the runs.
+    progress: as for `finetune`, plus ("task", k, runs, {"task", "method"}) before the k-th of the runs
+        (under Ray: after the k-th run finished, and nothing from inside the runs).
+    executor: None / "local" runs the fine-tunes here one after another; "ray" (or an `Executor`) runs one
+        task per (method, task) fine-tune, see `FineTuneCells`.
     """
     runs = _task_runs(runs, keywords)
     targets = catalog.targets
@@ -131,6 +135,16 @@ def calibrate(catalog: Catalog, model: str, methods: Sequence[str], *, pretraine
     run = CalibrationRun()
     tasks = CatalogTasks(catalog)
     total = len(methods) * len(targets)
+    executor = as_executor(executor)
+    if executor.is_ray:
+        job = FineTuneCells(catalog, model, pretrained, config, options, runs, device, workers, str(st.root))
+        records = job.run_all(methods, executor, run, progress, on_failure)
+        for method in methods:
+            run.records[method] = records[method]
+            run.calibrations[method], reason = fit_method(records[method], model, method, permutations)
+            if reason is not None:
+                run.unfitted[method] = reason
+        return run
     for m, method in enumerate(methods):
         records = []
         for t, ds in enumerate(targets):
@@ -150,6 +164,64 @@ def calibrate(catalog: Catalog, model: str, methods: Sequence[str], *, pretraine
         if reason is not None:
             run.unfitted[method] = reason
     return run
+
+
+_WORKER_TASKS: dict = {}  # per worker process: the catalog's datasets, listed once for every run it is given
+
+
+@dataclass(frozen=True)
+class FineTuneCells:
+    """The calibration's fine-tunes as units: one (method, task name) per Ray task, the largest tasks first.
+
+    Each worker writes its run's checkpoints and record into the store as `finetune` does (so the store must be
+    on storage every worker reaches); a failed run is retried once by the driver, then reported.
+    """
+
+    catalog: Catalog
+    model: str
+    pretrained: str | None
+    config: TrainConfig | None
+    options: MethodOptions | None
+    runs: TaskRuns
+    device: str
+    workers: int | None
+    store: str
+
+    def __call__(self, cell: tuple[str, str]) -> dict:
+        method, name = cell
+        tasks = _WORKER_TASKS.get(self.catalog.source)
+        if tasks is None:
+            tasks = _WORKER_TASKS[self.catalog.source] = CatalogTasks(self.catalog)
+        return fine_tune_task(tasks, self.catalog.get(name), self.model, method, pretrained=self.pretrained,
+                              config=self.config, options=self.options, runs=self.runs, device=self.device,
+                              workers=self.workers, store=self.store, progress=None)
+
+    def run_all(self, methods: Sequence[str], executor: Executor, run: CalibrationRun, progress,
+                on_failure) -> dict[str, list[dict]]:
+        """Every (method, task) run; returns the records per method in catalog order, failures kept in `run`."""
+        tasks = CatalogTasks(self.catalog)
+        targets = sorted(self.catalog.targets, key=lambda ds: -_size(tasks.target(ds)[0]))
+        cells = [(method, ds.name) for ds in targets for method in methods]
+        done = [0]
+
+        def finished(i, outcome):
+            done[0] += 1
+            if isinstance(outcome, UnitFailure):
+                message = one_line(outcome.error)
+                run.failures.append((cells[i][1], cells[i][0], message))
+                if on_failure:
+                    on_failure(cells[i][1], cells[i][0], message)
+            if progress is not None:
+                progress("task", done[0], len(cells), {"task": cells[i][1], "method": cells[i][0]})
+
+        outcomes = map_units(self, cells, executor, resources=model_task_resources(executor, self.device),
+                             on_result=finished, on_failure=finished)
+        by_cell = {cell: out for cell, out in zip(cells, outcomes) if not isinstance(out, UnitFailure)}
+        return {m: [by_cell[m, ds.name] for ds in self.catalog.targets if (m, ds.name) in by_cell] for m in methods}
+
+
+def _size(data) -> int:
+    return len(data) if isinstance(data, ImageDataset) else len(load_image_dataset(data))
 
 
 def fine_tune_task(tasks: CatalogTasks, ds: Dataset, model: str, method: str, *, pretrained, config, options,

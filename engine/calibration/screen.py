@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from .catalog import Catalog, Dataset
-from ..embedding.extract import embed_dataset
+from ..distributed import Executor, UnitFailure, as_executor, map_units, model_task_resources
+from ..embedding.extract import embed_dataset, stored_embeddings
 from ...errors import one_line
 from ..embedding.models import ModelPool, ModelSpec, resolve_model
 from .fit import Calibration, predict
@@ -86,11 +87,13 @@ def screen(catalog: Catalog, models: Sequence[str], *, calibrations: Sequence[Ca
            pretrained: str | None = None, keys: Sequence[str] | None = None, backend: str = "auto",
            device: str = "auto", embed_options: dict | None = None, level: float = 0.90,
            include_probes: bool = False, progress: Callable | None = None,
-           on_failure: Callable[[str, str, str], None] | None = None) -> ScreenResult:
+           on_failure: Callable[[str, str, str], None] | None = None, executor=None) -> ScreenResult:
     """Score every dataset of `catalog` with every model; predictions from the matching calibrations.
 
     keys: score keys to compute (None: all); `iimm` is always included.
     embed_options: extra keyword arguments of `embed_dataset` (batch_size, workers, store, ...).
+    executor: None / "local" runs here, model by model; "ray" (or an `Executor`) runs one task per
+        (model, dataset) cell, see `screen_cells`.
     """
     keys = None if keys is None else list(dict.fromkeys(["iimm", *keys]))
     datasets = catalog.datasets if include_probes else catalog.targets
@@ -109,13 +112,20 @@ def screen(catalog: Catalog, models: Sequence[str], *, calibrations: Sequence[Ca
         if on_failure:
             on_failure(dataset, model, one_line(exc))
 
+    specs = []  # (model as given, its ModelSpec)
     for model in models:
         try:  # resolved once: a model that cannot be found fails once, not once per dataset
-            spec = resolve_model(model, pretrained, hash_memo=None if embed_options.get("use_cache") is False
-                                 else open_store(store).hash_memo())
+            specs.append((model, resolve_model(model, pretrained, hash_memo=None if embed_options.get("use_cache")
+                                               is False else open_store(store).hash_memo())))
         except Exception as exc:  # noqa: BLE001 - one model's failure is reported, the others go on
             failed(ALL_DATASETS, model, exc)
-            continue
+    executor = as_executor(executor)
+    if executor.is_ray:
+        screen_cells(specs, datasets, calibrations, result, failed, keys=keys, backend=backend, device=device,
+                     embed_options=embed_options, level=level, progress=progress, executor=executor)
+        add_combined_ncti(result.rows)
+        return result
+    for model, spec in specs:
         pool = ModelPool()  # loaded on the first dataset not in the store, then shared by the rest
         for ds in datasets:
             try:
@@ -127,6 +137,88 @@ def screen(catalog: Catalog, models: Sequence[str], *, calibrations: Sequence[Ca
         del pool  # the model's memory goes before the next model loads
     add_combined_ncti(result.rows)
     return result
+
+
+@dataclass(frozen=True)
+class ScreenCell:
+    """One (model, dataset) unit of a distributed screen: what a worker needs, no arrays.
+
+    images: the dataset's size (largest first shortens the tail); stored: its embeddings are in the store,
+    so the cell is CPU scoring work only.
+    """
+
+    model: str
+    spec: ModelSpec
+    dataset: Dataset
+    images: int
+    stored: bool
+
+
+_WORKER_POOL: dict = {}  # per worker process: the last model's pool, kept for the next cell of that model
+
+
+@dataclass(frozen=True)
+class ScreenCellJob:
+    calibrations: tuple
+    keys: tuple | None
+    backend: str
+    device: str
+    embed_options: dict
+    level: float
+
+    def __call__(self, cell: ScreenCell) -> ScreenRow:
+        if _WORKER_POOL.get("model") != cell.spec.fingerprint:  # the previous model's memory goes first
+            _WORKER_POOL.clear()
+            _WORKER_POOL.update(model=cell.spec.fingerprint, pool=ModelPool())
+        return screen_one(cell.dataset, cell.spec, self.calibrations, keys=self.keys, backend=self.backend,
+                          device=self.device, embed_options={"models": _WORKER_POOL["pool"], **self.embed_options},
+                          level=self.level)
+
+
+def plan_cells(specs: Sequence[tuple[str, ModelSpec]], datasets: Sequence[Dataset], embed_options: dict, device: str,
+               failed: Callable[[str, str, Exception], None]) -> list[ScreenCell]:
+    """Every (model, dataset) cell, grouped by model (a worker keeps its model for the next cell of the same
+    model), the largest datasets first within a model. A dataset that cannot be listed fails its cells here."""
+    options = {k: embed_options[k] for k in ("dtype", "store") if k in embed_options}
+    cells = []
+    for model, spec in specs:
+        group = []
+        for ds in datasets:
+            try:
+                images, stored = stored_embeddings(spec, str(ds.images), templates=ds.templates,
+                                                   template_file=ds.template_file, template_set=ds.template_set,
+                                                   classnames=ds.classnames, device=device, **options)
+            except Exception as exc:  # noqa: BLE001 - reported per cell
+                failed(ds.name, model, exc)
+                continue
+            group.append(ScreenCell(model, spec, ds, images, stored))
+        cells += sorted(group, key=lambda c: -c.images)
+    return cells
+
+
+def screen_cells(specs, datasets, calibrations, result: ScreenResult, failed, *, keys, backend, device,
+                 embed_options: dict, level: float, progress, executor: Executor) -> None:
+    """The screen as one Ray task per cell: cells in the store are CPU scoring tasks, the others run the model
+    (a GPU each where there are GPUs). A failing cell is retried once by the driver, then reported."""
+    cells = plan_cells(specs, datasets, embed_options, device, failed)
+    job = ScreenCellJob(tuple(calibrations), tuple(keys) if keys else None, backend, device,
+                        {k: v for k, v in embed_options.items() if k != "models"}, level)
+    model_resources = model_task_resources(executor, device)
+    done = [0]
+
+    def finished(i, outcome):
+        done[0] += 1
+        if isinstance(outcome, UnitFailure):
+            failed(cells[i].dataset.name, cells[i].model, outcome.error)
+        else:
+            result.rows.append(outcome)
+        if progress is not None:
+            progress("dataset × model cells", done[0], len(cells))
+
+    map_units(job, cells, executor, resources=lambda cell: {"num_cpus": 1} if cell.stored else model_resources,
+              on_result=finished, on_failure=finished)
+    order = {(c.spec.name, c.dataset.name): k for k, c in enumerate(cells)}  # rows in plan order
+    result.rows.sort(key=lambda r: order[r.model, r.dataset])
 
 
 def add_combined_ncti(rows: Sequence[ScreenRow]) -> None:

@@ -106,6 +106,18 @@ def embed_dataset(model: str | ModelSpec, data, *, pretrained: str | None = None
     return es, info
 
 
+def stored_embeddings(model: ModelSpec, data, *, templates=None, template_file=None, template_set: str | None = None,
+                      classnames=None, split: str | None = None, domain: str | None = None, dtype: str = "fp16",
+                      device: str | torch.device = "auto", store=None) -> tuple[int, bool]:
+    """(items in the dataset, whether `embed_dataset` with these arguments would find its set complete in the
+    store and encode nothing): how a scheduler sizes a cell and tells encoding work from scoring work."""
+    ds = data if isinstance(data, ImageDataset) else load_image_dataset(data, classnames, split, domain)
+    run = _Run(model, ds, resolve_templates(templates, template_file, template_set), dtype, 1, 0, device, 1.0,
+               None, None)
+    row = open_store(store).get_set(run.keys()[2])
+    return len(ds), row is not None and row["status"] == "complete"
+
+
 class ClassTextEncoder:
     """names (C,) -> (C, D) float64 unit prompt-ensemble class texts of a model, for image embeddings made
     elsewhere (say by clip-retrieval) with the same model. The model loads on the first call; `meta` then

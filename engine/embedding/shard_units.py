@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..distributed import Executor, UnitFailure, map_units, ray_get, ray_put
+from ..distributed import Executor, UnitFailure, map_units, model_task_resources, ray_get, ray_put
 from ..files import write_json_atomic, write_npy_atomic
 from .models import ModelPool, ModelSpec
 from .store import shard_name
@@ -92,7 +92,7 @@ def encode_shards(job: ShardJob, shards: list[int], executor: Executor,
     """Run `job` on every shard; `record(marker)` on the driver as each one finishes. Returns the failures."""
     if executor.is_ray:
         job = _with_dataset_ref(job, executor)
-    resources = _ray_resources(job, executor) if executor.is_ray else None
+    resources = model_task_resources(executor, job.device, max(1, job.workers)) if executor.is_ray else None
     results = map_units(job, shards, executor, resources=resources,
                         on_result=lambda i, marker: record(marker))
     return [r for r in results if isinstance(r, UnitFailure)]
@@ -101,13 +101,3 @@ def encode_shards(job: ShardJob, shards: list[int], executor: Executor,
 def _with_dataset_ref(job: ShardJob, executor: Executor) -> ShardJob:
     from dataclasses import replace
     return replace(job, dataset=ray_put(job.dataset, executor))
-
-
-def _ray_resources(job: ShardJob, executor: Executor) -> dict:
-    """One GPU per task where the job runs on CUDA (or `auto` on a cluster with GPUs), else CPUs."""
-    from ..distributed import ensure_ray
-
-    gpus = ensure_ray(executor.address).cluster_resources().get("GPU", 0)
-    wants_gpu = job.device.startswith("cuda") or (job.device == "auto" and gpus > 0)
-    cpus = max(1, job.workers)
-    return {"num_gpus": 1, "num_cpus": cpus} if wants_gpu else {"num_cpus": cpus}
