@@ -42,7 +42,7 @@ class TrainingProgress(ProgressBar):
                            f"{m['train_acc']:.4f}{val}{mark}", err=True)
         else:
             super().__call__(stage, done, total)
-            if self.enabled and "loss" in m:
+            if self.enabled and "loss" in m and self._bar is not None:
                 self._bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['acc']:.3f}", refresh=False)
 
 

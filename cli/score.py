@@ -13,6 +13,8 @@ from .extract_options import extraction_options
 from .progress import ProgressBar
 from .render import FORMATS, emit, table, to_csv, to_json, writable_path
 
+ESTIMATE_NOTICE_S = 5.0
+
 
 def meaning(key: str) -> str:
     if key in SCORES:
@@ -36,6 +38,12 @@ def render_result(result: dict, fmt: str) -> str:
         flat = {k: v for k, v in result.items() if k not in ("scores", "notes", "sample_rows", "skipped")}
         return to_csv([{**flat, **result["scores"]}])
     return report_table(result)
+
+
+def tell_estimate(bar: ProgressBar, estimate) -> None:
+    """The all-pairs scores' expected time, when it is long enough to matter or the sample is over the limit."""
+    if estimate.over_limit or estimate.seconds >= ESTIMATE_NOTICE_S:
+        bar.notice(estimate.message())
 
 
 def load_label_embeddings(path: str):
@@ -67,15 +75,17 @@ def load_label_embeddings(path: str):
 @click.option("--gensil-p", type=float, default=1.0, show_default=True, help="Power-mean exponent of gensil.")
 @click.option("--sample", type=click.IntRange(min=2), help="Rows for the all-pairs scores (seeded sample).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every row sample.")
-@click.option("--quadratic-limit", type=click.IntRange(min=2), default=DEFAULT_QUADRATIC_LIMIT, show_default=True,
-              help="Above this many rows the all-pairs scores run on a seeded sample of this size.")
+@click.option("--quadratic-limit", type=click.IntRange(min=2),
+              help=f"Above this many rows the all-pairs scores run on a seeded sample of this size [default: "
+                   f"{DEFAULT_QUADRATIC_LIMIT['cpu']:,} on a CPU, {DEFAULT_QUADRATIC_LIMIT['cuda']:,} on a GPU].")
 @click.option("--logit-scale", type=click.FloatRange(min=0, min_open=True),
               help="Zero-shot softmax scale of LEEP/NCE (default: the model's, 100 for bare embeddings).")
 @click.option("--baseline-sample", type=click.IntRange(min=2), default=DEFAULT_BASELINE_SAMPLE, show_default=True,
               help="Row sample of the in-memory baselines (NCTI, LogME with N < D).")
 @click.option("--label-embeddings", type=click.Path(dir_okay=False), multiple=True,
               help="Extra (C, D) .npy label embeddings for EMMS (repeatable); the class texts are always used.")
-@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress on stderr: a bar on a terminal, lines otherwise.")
 def score(embeddings_path, label_column, extract, metrics, fmt, output, backend, device, chunk_rows, gensil_p,
           sample, seed, quadratic_limit, logit_scale, baseline_sample, label_embeddings, progress):
     """Either --embeddings PATH, or --model M --data IMAGES (encoded once, then kept in the store).
@@ -104,7 +114,7 @@ def score(embeddings_path, label_column, extract, metrics, fmt, output, backend,
                                   gensil_p=gensil_p, sample=sample, seed=seed, quadratic_limit=quadratic_limit,
                                   logit_scale=logit_scale, baseline_sample=baseline_sample,
                                   label_embeddings=[load_label_embeddings(f) for f in label_embeddings] or None,
-                                  progress=bar)
+                                  progress=bar, on_estimate=lambda est: tell_estimate(bar, est))
     result = report.to_dict()
     if info is not None:
         result.update(model=info.model, pretrained=info.pretrained, data=info.data, images=info.images,

@@ -21,7 +21,7 @@ from ..errors import BackendUnavailable, InputError
 if TYPE_CHECKING:
     import torch
 
-    from .reference import ClassSums, CrossReduce, PairwiseSums
+    from .reference import AllPairsSums, ClassSums, CrossReduce, PairwiseSums
 
 # torch is imported where a backend is built, not here: the CLI reads BACKENDS for its help without torch.
 BACKENDS = ("torch", "numba", "triton")
@@ -37,6 +37,7 @@ class Backend:
     class_sums: Callable[..., ClassSums]
     cross_reduce: Callable[..., CrossReduce]
     pairwise_class_sums: Callable[..., PairwiseSums]
+    all_pairs_class_sums: Callable[..., AllPairsSums]
 
     def tensor(self, a) -> torch.Tensor:
         """A NumPy array or tensor on this backend's device (zero-copy on the CPU)."""
@@ -84,7 +85,8 @@ def get_backend(name: str = "auto", device: str | torch.device | None = None) ->
         else:
             name = "torch"
     if name == "torch":
-        return Backend("torch", dev, reference.class_sums, reference.cross_reduce, reference.pairwise_class_sums)
+        return Backend("torch", dev, reference.class_sums, reference.cross_reduce, reference.pairwise_class_sums,
+                       reference.all_pairs_class_sums)
     if name == "numba":
         return _numba_backend(dev)
     if name == "triton":
@@ -109,7 +111,8 @@ def _numba_backend(dev: torch.device) -> Backend:
     except ImportError as exc:
         raise BackendUnavailable(f"the numba backend needs numba ({exc}); pip install numba, "
                                  f"or use --backend torch") from exc
-    return Backend("numba", dev, numba_cpu.class_sums, numba_cpu.cross_reduce, numba_cpu.pairwise_class_sums)
+    return Backend("numba", dev, numba_cpu.class_sums, numba_cpu.cross_reduce, numba_cpu.pairwise_class_sums,
+                   numba_cpu.all_pairs_class_sums)
 
 
 def _triton_backend(dev: torch.device) -> Backend:
@@ -121,4 +124,5 @@ def _triton_backend(dev: torch.device) -> Backend:
     except ImportError as exc:
         raise BackendUnavailable(f"the triton backend cannot load ({exc}); pip install triton, "
                                  f"or use --backend torch") from exc
-    return Backend("triton", dev, triton_ops.class_sums, triton_ops.cross_reduce, triton_ops.pairwise_class_sums)
+    return Backend("triton", dev, triton_ops.class_sums, triton_ops.cross_reduce, triton_ops.pairwise_class_sums,
+                   triton_ops.all_pairs_class_sums)

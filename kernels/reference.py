@@ -173,3 +173,93 @@ def pairwise_class_sums(queries: torch.Tensor, keys: torch.Tensor, key_labels: t
     onehot = torch.nn.functional.one_hot(key_labels.to(xq.device), num_classes).to(torch.float64)
     counts = keep.to(torch.float32) @ onehot.to(torch.float32)  # exact below 2**24 keys per tile
     return PairwiseSums(term @ onehot, counts.round_().long())
+
+
+# ---------------------------------------------------------------- all pairs of one row set, symmetric tiles
+
+# Pairs with cosine distance below this (x̂_i·x̂_j above 1 − NEAR_COS_DISTANCE) are recomputed from their
+# two rows in float64: there the float32 dot product's rounding (~1e-7) is large against the distance
+# (and decides which pairs fall under zero_eps). For unit rows it is a Euclidean distance below ~0.045.
+NEAR_COS_DISTANCE = 1e-3
+ALL_PAIRS_TILE = 2048
+
+
+class AllPairsSums(NamedTuple):
+    """Per-row, per-class sums over every pair (i, j ≠ i) of ONE row set, in the caller's row order.
+
+    euclidean: (n, C) float64 Σ_j ‖x̂_i − x̂_j‖ over the rows j of class c (None when not asked for).
+    cosine: (n, C) float64 Σ_j d_ij^p (log d_ij for p = 0), d_ij = 1 − x̂_i·x̂_j, over the rows j of
+        class c with d_ij > zero_eps (None when not asked for).
+    cosine_pairs: (n, C) int64, how many pairs `cosine` sums.
+    """
+
+    euclidean: torch.Tensor | None
+    cosine: torch.Tensor | None
+    cosine_pairs: torch.Tensor | None
+
+
+def tile_pairs(n: int, tile: int) -> list[tuple[int, int]]:
+    """Starts (i0, j0), i0 ≤ j0, of the unordered tile pairs covering an n × n matrix."""
+    starts = range(0, n, tile)
+    return [(i0, j0) for i0 in starts for j0 in starts if j0 >= i0]
+
+
+def power_term(dist: torch.Tensor, p: float) -> torch.Tensor:
+    """d^p (log d for p = 0), float64, clamped away from 0 as every backend does."""
+    if p == 1.0:
+        return dist
+    dist = dist.clamp_min(torch.finfo(torch.float64).tiny)
+    return dist.log() if p == 0.0 else dist.pow(p)
+
+
+def all_pairs_class_sums(rows: torch.Tensor, labels: torch.Tensor, num_classes: int, *, euclidean: bool = True,
+                         cosine_p: float | None = None, zero_eps: float = 0.0, tile: int = ALL_PAIRS_TILE,
+                         progress=None) -> AllPairsSums:
+    """rows: (n, D) as stored (checked rows: no zero or non-finite row); labels: (n,) int64 -> AllPairsSums.
+
+    Each unordered tile pair is one float32 matrix product (float64 for float64 rows) whose distances
+    are added to both of its sides; the Euclidean and cosine sums share it. Near pairs (see NEAR_COS_DISTANCE) are recomputed
+    in float64. progress(done, total) is called after each tile pair.
+    """
+    if cosine_p is not None:
+        check_pairwise_args("cosine", cosine_p)
+    x, sq, _ = normalise_rows(rows)
+    labels = labels.to(x.device).long()
+    n, c = x.shape[0], num_classes
+    xg = x if x.dtype == torch.float64 else x.float()  # float64 input keeps its float64 definition
+    new = lambda: torch.zeros(n, c, dtype=torch.float64, device=x.device)  # noqa: E731
+    out_e = new() if euclidean else None
+    out_c, pairs_c = (new(), new()) if cosine_p is not None else (None, None)
+    todo = tile_pairs(n, tile)
+    for done, (i0, j0) in enumerate(todo, 1):
+        i1, j1 = min(n, i0 + tile), min(n, j0 + tile)
+        dots = (xg[i0:i1] @ xg[j0:j1].T).double()
+        pair = torch.ones_like(dots, dtype=torch.bool)
+        if i0 == j0:
+            pair = torch.triu(pair, diagonal=1)
+        ii, jj = torch.nonzero(pair & (dots > 1.0 - NEAR_COS_DISTANCE), as_tuple=True)
+        xi, xj = x[i0 + ii].double(), x[j0 + jj].double()
+        lab_i, lab_j = labels[i0:i1], labels[j0:j1]
+        if euclidean:
+            d2 = (sq[i0:i1].unsqueeze(1) + sq[j0:j1].unsqueeze(0) - 2.0 * dots)
+            d2[ii, jj] = (xi - xj).square().sum(1)
+            dist = d2.clamp_min_(0.0).sqrt_().masked_fill_(~pair, 0.0)
+            _add_both_sides(out_e, dist, i0, i1, j0, j1, lab_i, lab_j)
+        if cosine_p is not None:
+            cos = 1.0 - dots
+            cos[ii, jj] = 1.0 - (xi * xj).sum(1)
+            cos.clamp_min_(0.0)
+            keep = pair & (cos > zero_eps)
+            term = power_term(cos, cosine_p).masked_fill_(~keep, 0.0)
+            _add_both_sides(out_c, term, i0, i1, j0, j1, lab_i, lab_j)
+            _add_both_sides(pairs_c, keep.double(), i0, i1, j0, j1, lab_i, lab_j)
+        if progress:
+            progress(done, len(todo))
+    return AllPairsSums(out_e, out_c, None if pairs_c is None else pairs_c.round().long())
+
+
+def _add_both_sides(out: torch.Tensor, values: torch.Tensor, i0: int, i1: int, j0: int, j1: int,
+                    lab_i: torch.Tensor, lab_j: torch.Tensor) -> None:
+    """values: (a, b) for pairs (i0 + r, j0 + s) -> out[i, class of j] and out[j, class of i]."""
+    out[i0:i1].index_add_(1, lab_j, values)
+    out[j0:j1].index_add_(1, lab_i, values.T)

@@ -12,7 +12,7 @@ import functools
 
 import torch
 
-from . import triton_class_sums, triton_cross_reduce, triton_pairwise
+from . import reference, triton_class_sums, triton_cross_reduce, triton_pairwise
 
 
 def _on_rows_device(op):
@@ -30,8 +30,9 @@ def _on_rows_device(op):
 class_sums = _on_rows_device(triton_class_sums.class_sums)
 cross_reduce = _on_rows_device(triton_cross_reduce.cross_reduce)
 pairwise_class_sums = _on_rows_device(triton_pairwise.pairwise_class_sums)
+all_pairs_class_sums = _on_rows_device(reference.all_pairs_class_sums)
 
-__all__ = ["class_sums", "cross_reduce", "pairwise_class_sums"]
+__all__ = ["all_pairs_class_sums", "class_sums", "cross_reduce", "pairwise_class_sums"]
 
 # Row dtypes compile_for builds (quick: the first only); each kernel module lists its own variants.
 COMPILE_DTYPES = ("fp16", "bf16", "fp32", "fp64")

@@ -20,7 +20,8 @@ import torch
 
 from ...kernels import BACKENDS, ROW_DTYPES, get_backend, resolve_device, triton_interpreted
 from ...errors import IimmError, InputError
-from .scores import PAIR_TILE, finalize_linear, pairwise_silhouette
+from .pairwise import pairwise_silhouette
+from .scores import finalize_linear
 from .stats import ClassStats, ZeroShotStats
 
 DTYPES = {name: getattr(torch, name) for name in ROW_DTYPES}
@@ -125,8 +126,7 @@ def zero_shot_top1(backend, data: BenchData, chunk_rows: int) -> float:
 
 def euclidean_silhouette(backend, rows: torch.Tensor, labels: torch.Tensor, c: int) -> float:
     """Exact Euclidean silhouette of `rows` by label from tiled all-pairs class sums (scikit-learn conventions)."""
-    tiles = [(lo, rows[lo:hi], labels[lo:hi]) for lo, hi in _chunks(rows.shape[0], PAIR_TILE)]
-    return pairwise_silhouette(backend, tiles, torch.bincount(labels, minlength=c), "euclidean")
+    return pairwise_silhouette(backend, rows, labels, c, "euclidean")
 
 
 def naive_intra(rows: torch.Tensor, block: int = 2048) -> float:

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..embedding.embedding_set import EmbeddingSet
 
-DEFAULT_QUADRATIC_LIMIT = 50_000
+# Default --quadratic-limit by device type: the all-pairs pass of the default `iimm score` takes
+# seconds on a 2-core CPU (engine.scoring.pairwise) and on one GPU.
+DEFAULT_QUADRATIC_LIMIT = {"cpu": 20_000, "cuda": 100_000}
 DEFAULT_BASELINE_SAMPLE = 50_000
 METRIC_GROUPS = ("all", "baselines", "everything")
 

@@ -2,7 +2,7 @@
 
 Pass 1 (class sums) always runs; pass 2 streams the rows again against small matrices
 only for the scores that need per-row non-linear reductions; the all-pairs scores run
-in tiles, on a seeded sample when N exceeds the quadratic limit.
+in tiles (`engine.scoring.pairwise`), on a seeded sample when N exceeds the quadratic limit.
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ from ... import __version__
 from ...kernels import Backend, get_backend
 from ..embedding.embedding_set import EmbeddingSet
 from ...errors import InputError
-from .registry import DEFAULT_QUADRATIC_LIMIT, METRIC_GROUPS, SCORES, ScoreSpec  # noqa: F401
-from .stats import (ClassStats, PairwiseSilhouetteStats, SilhouetteClassStats, SilhouetteModalityStats,
-                    ZeroShotStats, silhouette_values)
+from .registry import METRIC_GROUPS, SCORES, ScoreSpec  # noqa: F401
+from .pairwise import AllPairsEstimate, all_pairs_scores
+from .stats import ClassStats, SilhouetteClassStats, SilhouetteModalityStats, ZeroShotStats, silhouette_values
 
-GENSIL_ZERO_EPS = 1e-6
-PAIR_TILE = 4096  # rows per all-pairs tile
 TARGET_CHUNK_BYTES = 128 << 20
 
 # pass names: "class" (pass 1), "zeroshot", "silhouette_class", "modality" (pass 2), "euclidean", "gensil" (tiles)
@@ -99,18 +97,21 @@ def default_chunk_rows(d: int, itemsize: int) -> int:
 
 def score(embeddings: EmbeddingSet, keys: Iterable[str] | str | None = None, backend: str | Backend = "auto",
           chunk_rows: int | None = None, *, device: str | None = None, gensil_p: float = 1.0,
-          sample: int | None = None, seed: int = 0, quadratic_limit: int = DEFAULT_QUADRATIC_LIMIT,
+          sample: int | None = None, seed: int = 0, quadratic_limit: int | None = None,
           logit_scale: float | None = None, baseline_sample: int | None = None, label_embeddings=None,
-          progress: Callable[[str, int, int], None] | None = None) -> ScoreReport:
+          progress: Callable[[str, int, int], None] | None = None,
+          on_estimate: Callable[[AllPairsEstimate], None] | None = None) -> ScoreReport:
     """Compute the requested scores of an embedding set.
 
     embeddings: an `EmbeddingSet` (image rows (N, D), labels (N,), texts (C, D)).
     keys: output keys (see `SCORES`), None for all.
     sample: row count for the all-pairs scores (scikit-learn's `sample_size`); when None
-        they use all rows up to `quadratic_limit` and a seeded sample of that size beyond.
+        they use all rows up to `quadratic_limit` and a seeded sample of that size beyond
+        (None: the device's default, `registry.DEFAULT_QUADRATIC_LIMIT`).
     logit_scale, baseline_sample, label_embeddings: options of the transferability baselines
         (`engine.transfer.compute_transfer`; logit_scale defaults to the model's, else 100).
     progress: called as progress(stage, rows_done, rows_total).
+    on_estimate: told the expected time of the all-pairs scores before they start (`AllPairsEstimate`).
     """
     started = time.perf_counter()
     from .baselines import DEFAULT_BASELINE_SAMPLE, DEFAULT_LOGIT_SCALE, TRANSFER_SCORES, compute_transfer
@@ -125,7 +126,7 @@ def score(embeddings: EmbeddingSet, keys: Iterable[str] | str | None = None, bac
     values: dict[str, float] = {}
     if keys:
         values.update(_embedding_scores(es, be, keys, chunk_rows, gensil_p, sample, seed, quadratic_limit, report,
-                                        progress))
+                                        progress, on_estimate))
     if transfer_keys:
         scale = logit_scale or es.meta.get("logit_scale") or DEFAULT_LOGIT_SCALE
         transfer = compute_transfer(es, transfer_keys, chunk_rows=chunk_rows, logit_scale=float(scale),
@@ -143,8 +144,8 @@ def score(embeddings: EmbeddingSet, keys: Iterable[str] | str | None = None, bac
 
 
 def _embedding_scores(es: EmbeddingSet, be: Backend, keys: list[str], chunk_rows: int, gensil_p: float,
-                      sample: int | None, seed: int, quadratic_limit: int, report: ScoreReport,
-                      progress=None) -> dict[str, float]:
+                      sample: int | None, seed: int, quadratic_limit: int | None, report: ScoreReport,
+                      progress=None, on_estimate=None) -> dict[str, float]:
     _check_classes(es, keys)
     passes = {p for k in keys for p in SCORES[k].passes}
     text = torch.as_tensor(es.text, dtype=torch.float64, device=be.device)
@@ -153,8 +154,13 @@ def _embedding_scores(es: EmbeddingSet, be: Backend, keys: list[str], chunk_rows
     values = finalize_linear(class_stats, text, pass2)
     quadratic = [k for k in keys if SCORES[k].quadratic]
     if quadratic:
-        values.update(_quadratic_scores(es, be, chunk_rows, quadratic, gensil_p, sample, seed, quadratic_limit,
-                                        report, progress))
+        pair_values, rows, notes = all_pairs_scores(es, be, quadratic, gensil_p=gensil_p, sample=sample, seed=seed,
+                                                    quadratic_limit=quadratic_limit, on_estimate=on_estimate,
+                                                    progress=progress)
+        values.update(pair_values)
+        report.notes += notes
+        if rows < es.n:
+            report.sample_rows.update({key: rows for key in quadratic})
     return values
 
 
@@ -259,47 +265,3 @@ def _silhouette_modality(acc: SilhouetteModalityStats, t: torch.Tensor, total: t
         b = 1.0 - (t @ total) / n
         text_s = silhouette_values(a, b, torch.full_like(a, float(c)))
     return (float(acc.s_sum) + float(text_s.sum())) / (n + c)
-
-
-def _quadratic_scores(es: EmbeddingSet, be: Backend, chunk_rows: int, keys: list[str], gensil_p: float,
-                      sample: int | None, seed: int, quadratic_limit: int, report: ScoreReport,
-                      progress=None) -> dict[str, float]:
-    """The all-pairs scores `keys`, on one seeded row sample whose tiles go to the device once for all of them."""
-    rows = es.n
-    if sample is not None:
-        rows = min(sample, es.n)
-    elif es.n > quadratic_limit:
-        rows = quadratic_limit
-        report.notes += [f"{key}: all-pairs score on a seeded sample of {rows} of {es.n} rows (seed {seed}; raise "
-                         f"--quadratic-limit or pass --sample for more)" for key in keys]
-    sub = es.sample(rows, seed)
-    if rows < es.n:
-        report.sample_rows.update({key: rows for key in keys})
-    counts = torch.as_tensor(np.bincount(sub.label, minlength=sub.c))
-    for key in keys:
-        check_clustering(key, int(np.count_nonzero(counts)), sub.n, "pass a larger --sample")
-    tiles = [(start, be.tensor(r), be.tensor(lab)) for start, r, lab in sub.iter_chunks(min(chunk_rows, PAIR_TILE))]
-    out = {}
-    for key in keys:
-        metric, p, zero_eps = (("euclidean", 1.0, 0.0) if key == "silhouette_class_euclidean"
-                               else ("cosine", gensil_p, GENSIL_ZERO_EPS))
-        out[key] = pairwise_silhouette(be, tiles, counts, metric, p, zero_eps,
-                                       progress=(lambda done, total, k=key: progress(k, done, total)) if progress
-                                       else None)
-    return out
-
-
-def pairwise_silhouette(be: Backend, tiles: list, counts: torch.Tensor, metric: str, p: float = 1.0,
-                        zero_eps: float = 0.0, progress: Callable[[int, int], None] | None = None) -> float:
-    """Mean silhouette (power mean `p` of the distances) of the label clustering, over all pairs of rows.
-
-    tiles: [(start, rows (m, D), labels (m,))] covering the rows in order, used as both query and key tiles;
-    counts: (C,) rows per class.
-    """
-    acc = PairwiseSilhouetteStats(metric, p, zero_eps, be.device)
-    n = sum(len(r) for _, r, _ in tiles)
-    for start, rows, labels in tiles:
-        acc.update(be, start, rows, labels, tiles, counts)
-        if progress:
-            progress(start + len(rows), n)
-    return float(acc.s_sum) / int(acc.n)
