@@ -86,3 +86,124 @@ def write_clip_benchmark(root, splits: dict, classnames: list[str], templates: l
     (root / "classnames.txt").write_text("\n".join(classnames) + "\n")
     (root / "zeroshot_classification_templates.txt").write_text("\n".join(t.replace("{}", "{c}") for t in templates))
     return root
+
+
+# ---- torchvision's on-disk formats -------------------------------------------------------------------
+
+def write_cifar(root, train, test, classnames: list[str], hundred: bool = False) -> Path:
+    """ROOT/cifar-10-batches-py (data_batch_1..5, test_batch, batches.meta) or ROOT/cifar-100-python."""
+    import pickle
+
+    def dump(path, images, label_key):
+        data = np.zeros((0, 3072), np.uint8) if not images else \
+            np.stack([im.transpose(2, 0, 1).reshape(-1) for im, _ in images]).astype(np.uint8)
+        with open(path, "wb") as f:
+            pickle.dump({"data": data, label_key: [c for _, c in images]}, f)
+
+    if hundred:
+        folder = Path(root) / "cifar-100-python"
+        folder.mkdir(parents=True, exist_ok=True)
+        dump(folder / "train", train, "fine_labels")
+        dump(folder / "test", test, "fine_labels")
+        meta, key = folder / "meta", "fine_label_names"
+    else:
+        folder = Path(root) / "cifar-10-batches-py"
+        folder.mkdir(parents=True, exist_ok=True)
+        for b in range(1, 6):  # the train images spread over the five batches, in order
+            dump(folder / f"data_batch_{b}", _chunk(train, 5, b - 1), "labels")
+        dump(folder / "test_batch", test, "labels")
+        meta, key = folder / "batches.meta", "label_names"
+    with open(meta, "wb") as f:
+        pickle.dump({key: classnames}, f)
+    return Path(root)
+
+
+def _chunk(items, parts, k):
+    per = -(-len(items) // parts)
+    return items[k * per:(k + 1) * per] or items[:0]
+
+
+def write_mnist(root, train, test) -> Path:
+    """ROOT/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (big-endian idx, uint8)."""
+    import struct
+
+    raw = Path(root) / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, images in (("train", train), ("t10k", test)):
+        gray = np.stack([im[..., 0] for im, _ in images]).astype(np.uint8)
+        n, h, w = gray.shape
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">4B3i", 0, 0, 8, 3, n, h, w) + gray.tobytes())
+        labels = np.array([c for _, c in images], dtype=np.uint8)
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">4Bi", 0, 0, 8, 1, n) + labels.tobytes())
+    return Path(root)
+
+
+def write_svhn(root, train, test) -> Path:
+    """ROOT/{train,test}_32x32.mat: X (32, 32, 3, N) uint8, y (N, 1) with 10 for the digit 0."""
+    from scipy.io import savemat
+
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for split, images in (("train", train), ("test", test)):
+        x = np.stack([im for im, _ in images], axis=-1).astype(np.uint8)
+        y = np.array([[c if c else 10] for _, c in images], dtype=np.uint8)
+        savemat(Path(root) / f"{split}_32x32.mat", {"X": x, "y": y})
+    return Path(root)
+
+
+def write_stl10(root, train, test, classnames: list[str]) -> Path:
+    """ROOT/stl10_binary/{train,test}_{X,y}.bin (column-major 3×96×96 uint8, labels 1-based), class_names.txt."""
+    folder = Path(root) / "stl10_binary"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, images in (("train", train), ("test", test)):
+        x = np.stack([im.transpose(2, 1, 0) for im, _ in images]).astype(np.uint8)  # (N, 3, W, H)
+        (folder / f"{split}_X.bin").write_bytes(x.tobytes())
+        (folder / f"{split}_y.bin").write_bytes(np.array([c + 1 for _, c in images], dtype=np.uint8).tobytes())
+    (folder / "class_names.txt").write_text("\n".join(classnames) + "\n")
+    return Path(root)
+
+
+def write_eurosat(root, images, classes: list[str]) -> Path:
+    """ROOT/eurosat/2750/<class>/<class>_<k>.png (torchvision's EuroSAT is an ImageFolder there)."""
+    folder = Path(root) / "eurosat" / "2750"
+    counts: dict[int, int] = {}
+    for name in classes:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    for image, c in images:
+        counts[c] = counts.get(c, 0) + 1
+        Image.fromarray(image).save(folder / classes[c] / f"{classes[c]}_{counts[c]}.png")
+    return Path(root)
+
+
+def write_dtd(root, splits: dict, classes: list[str]) -> Path:
+    """ROOT/dtd/dtd/images/<class>/<class>_<k>.jpg and labels/{train,val,test}1.txt."""
+    base = Path(root) / "dtd" / "dtd"
+    (base / "labels").mkdir(parents=True, exist_ok=True)
+    k = 0
+    for split, images in splits.items():
+        lines = []
+        for image, c in images:
+            (base / "images" / classes[c]).mkdir(parents=True, exist_ok=True)
+            name = f"{classes[c]}_{k:04d}.png"
+            k += 1
+            Image.fromarray(image).save(base / "images" / classes[c] / name)
+            lines.append(f"{classes[c]}/{name}")
+        (base / "labels" / f"{split}1.txt").write_text("\n".join(lines) + "\n")
+    return Path(root)
+
+
+def write_gtsrb(root, train, test) -> Path:
+    """ROOT/gtsrb/GTSRB/Training/<00000..00042>/*.ppm (every class needs one image), Final_Test/Images/*.ppm
+    and GT-final_test.csv (Filename;…;ClassId)."""
+    base = Path(root) / "gtsrb"
+    for c in range(43):
+        (base / "GTSRB" / "Training" / f"{c:05d}").mkdir(parents=True, exist_ok=True)
+    for k, (image, c) in enumerate(train):
+        Image.fromarray(image).save(base / "GTSRB" / "Training" / f"{c:05d}" / f"{k:05d}.ppm")
+    test_dir = base / "GTSRB" / "Final_Test" / "Images"
+    test_dir.mkdir(parents=True, exist_ok=True)
+    rows = ["Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"]
+    for k, (image, c) in enumerate(test):
+        Image.fromarray(image).save(test_dir / f"{k:05d}.ppm")
+        rows.append(f"{k:05d}.ppm;32;32;0;0;31;31;{c}")
+    (base / "GT-final_test.csv").write_text("\n".join(rows) + "\n")
+    return Path(root)

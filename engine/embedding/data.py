@@ -121,7 +121,8 @@ class ImageDataset:
 
     def _compute_fingerprint(self) -> str:
         h = hashlib.sha256()
-        h.update(json.dumps({"root": self.root if self.reader else str(Path(self.root).resolve()),
+        root = str(Path(self.root).resolve()) if os.path.exists(self.root) else self.root  # NAME@ROOT stays
+        h.update(json.dumps({"root": root,
                              "classes": self.class_keys}).encode())
         if self.reader is not None:
             for path in self.reader.files():
