@@ -207,3 +207,38 @@ def write_gtsrb(root, train, test) -> Path:
         rows.append(f"{k:05d}.ppm;32;32;0;0;31;31;{c}")
     (base / "GT-final_test.csv").write_text("\n".join(rows) + "\n")
     return Path(root)
+
+
+# ---- WILDS ---------------------------------------------------------------------------------------------
+
+def write_wilds_camelyon17(root, rows) -> Path:
+    """ROOT/camelyon17_v1.0: RELEASE_v1.0.txt, metadata.csv (patient,node,x_coord,y_coord,tumor,slide,center,split)
+    and patches/patient_<p>_node_<n>/patch_patient_<p>_node_<n>_x_<x>_y_<y>.png. rows: (image, tumor, center,
+    split id); centers 1 and 2 become WILDS's val and test."""
+    base = Path(root) / "camelyon17_v1.0"
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "RELEASE_v1.0.txt").write_text("tiny\n")
+    lines = [",patient,node,x_coord,y_coord,tumor,slide,center,split"]
+    for k, (image, tumor, center, split) in enumerate(rows):
+        patient, node = f"{center:03d}", 0
+        folder = base / "patches" / f"patient_{patient}_node_{node}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"patch_patient_{patient}_node_{node}_x_{k}_y_{k}.png")
+        lines.append(f"{k},{patient},{node},{k},{k},{tumor},{center},{center},{split}")
+    (base / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return Path(root)
+
+
+def write_wilds_iwildcam(root, rows, categories: list[str]) -> Path:
+    """ROOT/iwildcam_v2.0: RELEASE_v2.0.txt, metadata.csv (split,filename,y,location_remapped,sequence_remapped,
+    datetime), categories.csv (y,name) and train/<filename>. rows: (image, y, location, split name)."""
+    base = Path(root) / "iwildcam_v2.0"
+    (base / "train").mkdir(parents=True, exist_ok=True)
+    (base / "RELEASE_v2.0.txt").write_text("tiny\n")
+    lines = ["split,filename,y,location_remapped,sequence_remapped,datetime"]
+    for k, (image, y, location, split) in enumerate(rows):
+        Image.fromarray(image).save(base / "train" / f"img{k}.jpg", quality=95)
+        lines.append(f"{split},img{k}.jpg,{y},{location},{k},2013-06-0{1 + k % 9} 10:00:00.000")
+    (base / "metadata.csv").write_text("\n".join(lines) + "\n")
+    (base / "categories.csv").write_text("y,name\n" + "\n".join(f"{i},{n}" for i, n in enumerate(categories)) + "\n")
+    return Path(root)

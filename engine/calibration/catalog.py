@@ -2,7 +2,7 @@
 
     [[dataset]]
     name = "eurosat"
-    path = "data/eurosat"              # a class-per-folder tree, or:  manifest = "eurosat.csv"
+    path = "data/eurosat"              # a class-per-folder tree, shards, NAME@ROOT; or manifest = "x.csv"
     test = "data/eurosat-test"         # optional: a path, or a split name of the manifest ("test")
     classnames = ["annual crop", "forest"]  # optional: a list, a {key = name} table, or a JSON file
     templates = ["a satellite photo of {}."] # optional: a list, a templates file, or a built-in set name
@@ -158,7 +158,9 @@ def _parse_dataset(table: dict, where: _Where, base: Path, check: bool) -> Datas
             "is missing; give the dataset folder as path, or a CSV/JSONL file as manifest"
         raise where.error("path", problem)
     fields = {"name": name}
-    if has_path:
+    if has_path and _is_named_source(table["path"]):
+        fields["path"] = _named_source(table["path"], base)
+    elif has_path:
         fields["path"] = _existing_path(table["path"], "path", where, base, check)
     else:
         fields["manifest"] = _existing_path(table["manifest"], "manifest", where, base, check, want_file=True)
@@ -185,7 +187,7 @@ def _test(value, images: Path, where: _Where, base: Path, check: bool) -> dict:
         return {"test_path": _existing_path(value, "test", where, base, check)}
     if not SPLIT_NAME.match(value):
         raise where.error("test", f"{value!r} is neither a split name (letters, digits, _ . -) nor a path")
-    if images.suffix.lower() not in MANIFEST_EXTENSIONS:
+    if images.suffix.lower() not in MANIFEST_EXTENSIONS and not _is_named_source(str(images)):
         raise where.error("test", f"names the split {value!r}, but only a manifest (.csv/.jsonl) has splits; give "
                                   f"the test images' folder as a path (e.g. \"./{value}\")")
     return {"test_split": value}
@@ -234,6 +236,22 @@ def _templates(value, where: _Where, base: Path, check: bool) -> dict:
             raise where.error("templates", f"entry {j} is {template!r}; each template must be a string with one "
                                            f"{{}} where the class name goes, e.g. \"a photo of a {{}}.\"")
     return {"templates": tuple(value)}
+
+
+def _is_named_source(value) -> bool:
+    """NAME@ROOT, wilds:NAME@ROOT or a webdataset brace pattern: read by `engine.embedding.sources`, which
+    names what is missing itself."""
+    return isinstance(value, str) and ("@" in value or ("{" in value and ".tar" in value))
+
+
+def _named_source(value: str, base: Path) -> Path:
+    """The source string with its ROOT (or shard pattern) made absolute against the catalog's folder."""
+    if "@" in value:
+        name, root = value.split("@", 1)
+        root_path = Path(root).expanduser()
+        return Path(f"{name}@{root_path if root_path.is_absolute() else base / root_path}")
+    pattern = Path(value).expanduser()
+    return pattern if pattern.is_absolute() else base / pattern
 
 
 def _looks_like_path(value: str) -> bool:

@@ -64,7 +64,7 @@ def eval_task(ds: Dataset) -> EvalTask:
         data = full.select(split="test") if has_test else full
     else:
         data = test if isinstance(test, ImageDataset) else load_image_dataset(test, ds.classnames)
-    templates = None
+    templates = data.templates
     if ds.templates or ds.template_file or ds.template_set:
         templates = resolve_templates(list(ds.templates) if ds.templates else None, ds.template_file,
                                       ds.template_set)

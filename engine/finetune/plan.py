@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, Sequence
 import torch
 
 from ...errors import InputError
-from ..embedding.data import ImageDataset, load_image_dataset, resolve_templates
+from ..embedding.data import ImageDataset, load_image_dataset
 from ..embedding.store import Store, open_store
 from ..files import write_json_atomic
 from .config import DataOptions, EvalOptions
@@ -108,10 +108,10 @@ def plan_run(model: str, data, method: str, *, pretrained: str | None, config: T
     if method == "attention":
         check_train_blocks(options, spec.model_cfg)
     d = data_options
-    prompts = resolve_templates(list(d.templates) if d.templates else None, d.template_file, d.template_set)
     splits = split_task(data, classnames=d.classnames, test=d.test, test_fraction=d.test_fraction,
                         val_fraction=cfg.val_fraction, train_split=d.split, domain=d.domain, ood_val=d.ood_val,
                         select_on=cfg.select_on, split_seed=d.split_seed)
+    prompts = splits.pool.prompts(list(d.templates) if d.templates else None, d.template_file, d.template_set)
     names = splits.pool.classnames
     if len(names) < 2:
         raise InputError(f"{splits.pool.root} has {len(names)} class; fine-tuning a classifier needs at least 2")
@@ -153,7 +153,7 @@ def eval_sets(evals) -> dict[str, EvalTask]:
     for item in evals or ():
         if not isinstance(item, EvalTask):
             ds = item if isinstance(item, ImageDataset) else load_image_dataset(item)
-            item = EvalTask(name_of(item), ds)
+            item = EvalTask(name_of(item), ds, ds.templates)
         name, k = item.name, 2
         while name in out:
             name, k = f"{item.name}-{k}", k + 1
@@ -162,8 +162,10 @@ def eval_sets(evals) -> dict[str, EvalTask]:
 
 
 def name_of(data) -> str:
-    """A task's default name: its folder's name, or its manifest's stem."""
+    """A task's default name: its folder's name, its manifest's stem, or the NAME of NAME@ROOT."""
     root = data.root if isinstance(data, ImageDataset) else str(data)
+    if "@" in root and not os.path.exists(root):
+        return root.split("@", 1)[0].split(":")[-1]
     p = Path(os.path.normpath(root))
     return p.stem if p.suffix.lower() in (".csv", ".jsonl") else p.name
 

@@ -37,7 +37,7 @@ def _imagenet_synsets(which: str = "imagenet") -> list[str]:
     try:
         text = resources.files("timm.data._info").joinpath(f"{which}_synsets.txt").read_text()
     except (ModuleNotFoundError, FileNotFoundError) as exc:
-        raise InputError(f"the ImageNet synset list ships with timm, which is not installed; pip install timm") from exc
+        raise InputError("the ImageNet synset list ships with timm, which is not installed; pip install timm") from exc
     return text.split()
 
 

@@ -1,0 +1,70 @@
+"""engine/embedding/sources/wilds.py: wilds:NAME@ROOT read by the wilds package from tiny copies of its layout;
+official splits and the domain column select the right rows; the images embed like a class-folder tree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fixtures_datasets as fx
+from iimm.engine.embedding.data import load_image_dataset
+from iimm.engine.embedding.extract import embed_dataset
+from iimm.errors import InputError
+
+pytest.importorskip("wilds")
+
+SPLITS = ["train", "id_val", "test", "val"]  # camelyon17's split ids 0..3
+
+
+@pytest.fixture(scope="module")
+def camelyon(tmp_path_factory):
+    images = fx.tiny_images(classes=2, per_class=6)
+    # centers 0 and 3 are in-domain (split 0 train / 1 id_val); 1 is OOD val, 2 OOD test
+    rows = [(im, c, [0, 3, 0, 1, 2, 3][k % 6], [0, 1, 0, 3, 2, 0][k % 6]) for k, (im, c) in enumerate(images)]
+    return fx.write_wilds_camelyon17(tmp_path_factory.mktemp("wilds"), rows), rows
+
+
+def test_camelyon17_splits_and_hospital_domains(camelyon):
+    root, rows = camelyon
+    ds = load_image_dataset(f"wilds:camelyon17@{root}")
+    assert ds.classnames == ["normal lymph node", "lymph node tumor tissue"]
+    assert [it.split for it in ds.items] == [SPLITS[s] for *_, s in rows]
+    assert [it.domain for it in ds.items] == [str(c) for _, _, c, _ in rows]
+    assert ds.labels.tolist() == [t for _, t, _, _ in rows]
+    ood = load_image_dataset(f"wilds:camelyon17@{root}", split="test")
+    assert {it.domain for it in ood.items} == {"2"} and len(ood) == 2
+    h3 = load_image_dataset(f"wilds:camelyon17@{root}", domain="3")
+    assert len(h3) == 4
+
+
+def test_iwildcam_location_domain_and_folder_equality(tmp_path, tiny_model_dir, one_torch_thread):
+    images = fx.tiny_images(classes=3, per_class=2)
+    splits = ["train", "id_test", "train", "val", "test", "id_val"]
+    rows = [(im, c, k % 2, splits[k]) for k, (im, c) in enumerate(images)]
+    fx.write_wilds_iwildcam(tmp_path / "w", rows, ["empty", "deer", "fox"])
+    ds = load_image_dataset(f"wilds:iwildcam@{tmp_path / 'w'}")
+    assert ds.classnames == ["empty", "deer", "fox"]
+    assert [it.domain for it in ds.items] == ["0", "1"] * 3
+    assert [it.split for it in ds.items] == splits
+    loc1 = load_image_dataset(f"wilds:iwildcam@{tmp_path / 'w'}", domain="1")
+    assert loc1.labels.tolist() == [0, 1, 2]
+    # the same jpg files as a class-folder tree
+    tree = tmp_path / "tree"
+    import shutil
+    for it in ds.items:  # folders named so that their natural order is the class order
+        folder = tree / f"{it.label}_{ds.classnames[it.label]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(it.path, folder / it.path.rsplit("/", 1)[-1])
+    kw = dict(workers=0, batch_size=4, use_cache=False, templates=["a photo of {}."])
+    got, _ = embed_dataset(f"local-dir:{tiny_model_dir}", ds, **kw)
+    ref, _ = embed_dataset(f"local-dir:{tiny_model_dir}", str(tree), classnames=["empty", "deer", "fox"], **kw)
+    order = np.argsort(got.label, kind="stable")
+    np.testing.assert_array_equal(np.concatenate(got.image_blocks)[order], np.concatenate(ref.image_blocks))
+    np.testing.assert_array_equal(got.text, ref.text)
+
+
+def test_missing_wilds_folder_names_the_layout(tmp_path):
+    with pytest.raises(InputError, match=r"iwildcam_v2.0/\{RELEASE_v2.0.txt, metadata.csv"):
+        load_image_dataset(f"wilds:iwildcam@{tmp_path}")
+    with pytest.raises(InputError, match="wilds:poverty is not a WILDS dataset"):
+        load_image_dataset(f"wilds:poverty@{tmp_path}")
