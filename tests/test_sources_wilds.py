@@ -68,3 +68,47 @@ def test_missing_wilds_folder_names_the_layout(tmp_path):
         load_image_dataset(f"wilds:iwildcam@{tmp_path}")
     with pytest.raises(InputError, match="wilds:poverty is not a WILDS dataset"):
         load_image_dataset(f"wilds:poverty@{tmp_path}")
+
+
+@pytest.fixture(scope="module")
+def iwildcam(tmp_path_factory):
+    images = fx.tiny_images(classes=2, per_class=10)
+    cycle = ["train", "train", "train", "id_val", "id_test", "val", "test", "train", "id_test", "test"]
+    rows = [(im, c, k % 3, cycle[k % 10]) for k, (im, c) in enumerate(images)]
+    return fx.write_wilds_iwildcam(tmp_path_factory.mktemp("iw"), rows, ["empty", "deer"])
+
+
+def test_finetune_splits_follow_the_wilds_recipe(iwildcam):
+    from iimm.engine.finetune.subsets import split_task
+
+    spec = f"wilds:iwildcam@{iwildcam}"
+    s = split_task(spec)
+    assert {it.split for it in s.train.items} == {"train"} and len(s.train) == 8
+    assert {it.split for it in s.val.items} == {"id_val"}
+    assert {it.split for it in s.test.items} == {"id_test"} and len(s.test) == 4
+    assert {it.split for it in s.ood_test.items} == {"test"} and len(s.ood_test) == 4
+    assert {it.split for it in s.pool.items} == {"train", "id_val"}
+    ood = split_task(spec, select_on="ood")
+    assert {it.split for it in ood.val.items} == {"val"} and "out of domain" in ood.val_source
+
+
+def test_cli_finetune_reports_id_test_and_test_side_by_side(tmp_path, tiny_model_dir, iwildcam, one_torch_thread):
+    from click.testing import CliRunner
+    import json
+
+    from iimm.cli.finetune import finetune as finetune_command
+
+    args = ["--model", f"local-dir:{tiny_model_dir}", "--data", f"wilds:iwildcam@{iwildcam}", "--method", "bitfit",
+            "--fraction", "0.5", "--select-on", "ood", "--epochs", "1", "--workers", "0", "--store",
+            str(tmp_path / "s"), "--backend", "torch", "--no-progress", "--format", "json"]
+    res = CliRunner().invoke(finetune_command, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.stdout)
+    sides = record["test_splits"]
+    assert sides["id_test"] == {"before": record["zeroshot_acc"], "after": record["finetuned_acc"]}
+    assert set(sides["test"]) == {"before", "after"} and 0 <= sides["test"]["after"] <= 1
+    assert record["task"] == "iwildcam" and record["images"]["train"] == 8
+    assert record["per_seed"][0]["train_images"] == 4  # --fraction 0.5 of each class of train
+    assert record["hparams"]["templates"] == json.loads(
+        (__import__("pathlib").Path(__import__("iimm").__file__).parent / "engine/embedding/templates/iwildcam.json")
+        .read_text())

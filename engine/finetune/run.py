@@ -85,6 +85,7 @@ class Baseline:
     accuracy: float
     ood_before: dict[str, float]
     other_tokens: dict[str, torch.Tensor]
+    shifted_test: float | None = None  # zero-shot accuracy on the out-of-domain test split (WILDS "test")
 
 
 def zero_shot_baseline(plan: RunPlan, progress) -> Baseline:
@@ -110,7 +111,10 @@ def zero_shot_baseline(plan: RunPlan, progress) -> Baseline:
                     for name, t in plan.others.items()}
     ood_before = {name: measure(t.data, t.templates or plan.prompts, other_tokens[name], f"zero-shot {name}")
                   for name, t in plan.others.items()}
-    return Baseline(lm, embedded.set_id, scores, tokens, zs_cls, acc, ood_before, other_tokens)
+    shifted = plan.splits.ood_test
+    shifted_acc = measure(shifted, plan.prompts, tokens, "zero-shot OOD test", class_emb=zs_cls) \
+        if shifted is not None else None
+    return Baseline(lm, embedded.set_id, scores, tokens, zs_cls, acc, ood_before, other_tokens, shifted_acc)
 
 
 class ZeroShotAccuracy:
@@ -213,6 +217,9 @@ def evaluate_seed(plan: RunPlan, baseline: Baseline, tuned: TunedModel, res: See
     cls = class_embeddings(tuned, baseline.tokens, len(plan.classnames))
     test_acc = accuracy(tuned, plan.splits.test, cls, lm.preprocess, use_probe=True, stage=f"seed {s} test",
                         **kw).value
+    shifted = plan.splits.ood_test
+    shifted_acc = accuracy(tuned, shifted, cls, lm.preprocess, use_probe=True, stage=f"seed {s} OOD test",
+                           **kw).value if shifted is not None else None
     if plan.method == "probe":  # both towers frozen: the other tasks' zero-shot classifiers are unchanged
         ood_after = dict(baseline.ood_before)
     else:
@@ -221,7 +228,8 @@ def evaluate_seed(plan: RunPlan, baseline: Baseline, tuned: TunedModel, res: See
             other_cls = class_embeddings(tuned, baseline.other_tokens[name], len(t.data.classnames))
             ood_after[name] = accuracy(tuned, t.data, other_cls, lm.preprocess, use_probe=False,
                                        stage=f"seed {s} {name}", **kw).value
-    return {"seed": s, "finetuned_acc": test_acc, "ood": ood_after, "best_epoch": res.best_epoch,
+    return {"seed": s, "finetuned_acc": test_acc, "ood_test_acc": shifted_acc, "ood": ood_after,
+            "best_epoch": res.best_epoch,
             "val_acc": res.best_val, "train_images": res.train_images, "skipped": len(res.skipped),
             "resumed_epochs": res.resumed_epochs, "checkpoint": str(res.checkpoint),
             "seconds": res.seconds, "history": res.history}
@@ -245,7 +253,16 @@ def build_record(plan: RunPlan, baseline: Baseline, per_seed: list[dict], counts
             "images": {"pool": len(splits.pool), "train": len(splits.train),
                        "val": len(splits.val) if splits.val else 0, "test": len(splits.test)},
             "per_seed": per_seed, "evals": plan.evals_key, "device": str(plan.device), "created": time.time(),
-            **versions()}
+            **_test_splits(splits, baseline, outcome, per_seed), **versions()}
+
+
+def _test_splits(splits, baseline: Baseline, outcome: dict, per_seed: list[dict]) -> dict:
+    """WILDS: the in-domain (id_test) and out-of-domain (test) accuracies side by side, before and after."""
+    if splits.ood_test is None:
+        return {}
+    after = sum(p["ood_test_acc"] for p in per_seed) / len(per_seed)
+    return {"test_splits": {"id_test": {"before": baseline.accuracy, "after": outcome["finetuned_acc"]},
+                            "test": {"before": baseline.shifted_test, "after": after}}}
 
 
 def _best_checkpoint(per_seed: list[dict]) -> str:

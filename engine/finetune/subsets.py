@@ -116,6 +116,7 @@ class TaskSplits:
     test: ImageDataset
     test_source: str
     val_source: str
+    ood_test: ImageDataset | None = None  # WILDS: the out-of-domain test split, reported beside id_test
 
 
 def subset(ds: ImageDataset, indices) -> ImageDataset:
@@ -140,6 +141,8 @@ def split_task(data, *, classnames=None, test=None, test_fraction: float | None 
         raise InputError("both --test and --test-fraction given; pass one of them")
     ds = data if isinstance(data, ImageDataset) else load_image_dataset(data, classnames, domain=domain)
     splits = {it.split for it in ds.items if it.split}
+    if "id_val" in splits:
+        return _wilds_splits(ds, test, ood_val, select_on, train_split)
     if train_split is not None and train_split not in splits:
         raise InputError(f"--split {train_split!r} is not a split of {ds.root} (it has: "
                          f"{', '.join(sorted(splits)) or 'no split column'})")
@@ -178,6 +181,26 @@ def split_task(data, *, classnames=None, test=None, test_fraction: float | None 
     val_ds = subset(pool, held) if len(held) else None
     source = f"{val_fraction:g} of the training images" if val_ds is not None else "none (last epoch)"
     return TaskSplits(pool, subset(pool, keep), val_ds, test_ds, test_source, source)
+
+
+def _wilds_splits(ds: ImageDataset, test, ood_val, select_on: str, train_split: str | None) -> TaskSplits:
+    """WILDS's official splits: train on train, choose the epoch on id_val (or, with --select-on ood, on the
+    out-of-domain val), test on id_test (or --test; camelyon17, which has no id_test, on its test), and report
+    the out-of-domain test beside id_test."""
+    train = ds.select(split=train_split or "train")
+    id_val = ds.select(split="id_val")
+    pool = replace(ds, items=train.items + id_val.items)
+    has = {it.split for it in ds.items}
+    own_test = "id_test" if "id_test" in has else "test"
+    test_ds = same_classes(test, ds, "--test") if test is not None else ds.select(split=own_test)
+    test_source = test_ds.root if test is not None else f"{ds.root} (split {own_test})"
+    shifted = ds.select(split="test") if "test" in has and (test is not None or own_test == "id_test") else None
+    if select_on == "ood":
+        val_ds = same_classes(ood_val, ds, "--ood-val") if ood_val is not None else ds.select(split="val")
+        val_source = val_ds.root if ood_val is not None else f"{ds.root} (split val, out of domain)"
+    else:
+        val_ds, val_source = id_val, f"{ds.root} (split id_val)"
+    return TaskSplits(pool, train, val_ds, test_ds, test_source, val_source, shifted)
 
 
 def _train_rows(ds: ImageDataset, train_split: str | None, splits: set, exclude: set) -> ImageDataset:
