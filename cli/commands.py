@@ -31,6 +31,8 @@ COMMANDS: dict[str, CommandEntry] = {
     "screen": CommandEntry("screen", "screen_cmd", "Score every dataset of CATALOG with every --model and rank "
                                                    "them by predicted gain."),
     "predict": CommandEntry("predict", "predict", "Predict fine-tuning gain and forgetting of a task from its IIMM."),
+    "catalog": CommandEntry("catalog_cmd", "catalog_cmd", "Write a catalog of the datasets found under a data root "
+                                                          "(init), or list the datasets iimm knows by name (list)."),
     "collect": CommandEntry("collect", "collect", "Flatten JSON results into one CSV: nested keys become dotted "
                                                   "columns, one row per object."),
     "bench": CommandEntry("bench", "bench", "Time class sums, cross reduce and the all-pairs pass per backend, "
