@@ -58,10 +58,13 @@ def screen_table(result) -> str:
 @click.option("--max-skip-frac", type=click.FloatRange(0, 1), default=0.05, show_default=True,
               help="Fail a dataset when more than this fraction of its images cannot be read.")
 @click.option("--include-probes", is_flag=True, help="Also screen the catalog's probe-only datasets.")
+@click.option("--recompute", is_flag=True,
+              help="Compute the scores again even when the store keeps them for the same embeddings.")
 @executor_options
 def screen_cmd(catalog, models, pretrained, calibrations, metrics, fmt, output, plot, backend, device, batch_size,
-               workers, store, max_skip_frac, include_probes, run_on):
-    """Cached embeddings are reused; without --calibration the ranking is by IIMM.
+               workers, store, max_skip_frac, include_probes, recompute, run_on):
+    """Cached embeddings are reused, and so are scores the store keeps; without --calibration the ranking is
+    by IIMM.
 
     With --executor ray each dataset × model cell is one Ray task (cells already in the store score on a CPU).
     """
@@ -80,8 +83,8 @@ def screen_cmd(catalog, models, pretrained, calibrations, metrics, fmt, output, 
 
     with ProgressBar(unit="img") as bar:
         result = screen(cat, models, calibrations=cals, pretrained=pretrained, keys=keys, backend=backend,
-                        device=device, embed_options=embed_options, include_probes=include_probes, progress=bar,
-                        on_failure=on_failure, executor=run_on.build())
+                        device=device, embed_options=embed_options, include_probes=include_probes,
+                        recompute=recompute, progress=bar, on_failure=on_failure, executor=run_on.build())
     for note in result.notes:
         click.echo(f"iimm: note: {note}", err=True)
     ranked = result.ranked

@@ -84,9 +84,14 @@ def as_tensor(rows, device: torch.device | str | None = None) -> torch.Tensor:
     return rows if device is None else rows.to(device)
 
 
-def normalise_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """rows: (n, D) -> (x̂ (n, D) fp32/fp64, ‖x̂‖² (n,) float64, first bad row or -1)."""
-    x = rows.to(compute_dtype(rows.dtype))
+def normalise_rows(rows: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """rows: (n, D) -> (x̂ (n, D), ‖x̂‖² (n,) float64, first bad row or -1); x̂ is a new tensor.
+
+    The one definition of a unit row: x̂ = x / ‖x‖ in `dtype` (default `compute_dtype`: float64 for
+    float64 rows, else float32); a zero-norm or non-finite row is reported, not divided by zero.
+    The backends' fused kernels normalise the same way inside their loops.
+    """
+    x = rows.to(dtype or compute_dtype(rows.dtype))
     norm = torch.linalg.vector_norm(x, dim=1)
     bad = ~torch.isfinite(norm) | (norm == 0)
     first_bad = int(torch.nonzero(bad)[0, 0]) if bool(bad.any()) else -1

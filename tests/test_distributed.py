@@ -96,14 +96,12 @@ def _ddp_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     x, y, text = _ddp_data()
     be = get_backend("torch", "cpu")
-    acc = [ClassStats(4, 7), ZeroShotStats(4), GramStats(4, 7), ZeroShotJointStats(text, 50.0)]
+    acc = [ClassStats(4, 7), ZeroShotStats(torch.as_tensor(text)), GramStats(4, 7), ZeroShotJointStats(text, 50.0)]
     for lo in range(rank * 5, len(x), world * 5):  # interleaved chunks of 5 rows
         rows, labels = x[lo:lo + 5], y[lo:lo + 5]
-        acc[0].update(be, lo, rows, labels)
-        acc[1].update(be, lo, rows, labels, torch.as_tensor(text))
-        chunk = Chunk(normalise_rows(rows, lo), labels, lo)
-        acc[2].update(chunk)
-        acc[3].update(chunk)
+        chunk = Chunk(normalise_rows(rows, lo), labels, lo, rows=rows, backend=be)
+        for a in acc:
+            a.update(chunk)
     all_reduce_accumulators(acc)
     torch.save([a.state_dict() for a in acc], Path(out_dir) / f"rank{rank}.pt")
     dist.destroy_process_group()

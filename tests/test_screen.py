@@ -128,3 +128,52 @@ def test_unmatched_calibrations_and_uncalibrated_models_are_noted(catalog, tiny_
     assert result.notes == ["calibration some-other-model/lora matches no --model; it was not used",
                             f"{model} has no calibration: its rows are ranked by IIMM, after the calibrated ones"]
     assert all(not r.predictions for r in result.rows)
+
+
+def test_screen_reads_scores_the_store_keeps_and_recompute_forces(catalog, tiny_model_dir, tmp_path, monkeypatch):
+    """A second screen reads the kept scores (any backend: the key names the embeddings and the version);
+    --recompute computes them again; scores kept by a calibration's zero-shot pass serve screen too."""
+    import iimm.engine.scoring.stored as stored
+    from iimm.engine.embedding.store import open_store
+    from iimm.engine.scoring.stored import RESULT_KIND, stored_key
+
+    calls, real_score = [], stored.score
+    monkeypatch.setattr(stored, "score", lambda es, keys, **kw: calls.append(list(keys)) or real_score(es, keys, **kw))
+    model, store = f"local-dir:{tiny_model_dir}", tmp_path / "store"
+    args = ["screen", str(catalog), "--model", model, "--format", "json", "--workers", "0", "--store", str(store),
+            "--metrics", "iimm,acs"]
+    first = CliRunner().invoke(cli, [*args, "--backend", "torch"])
+    assert len(calls) == 4                                  # low, high, all and the broken one (which fails)
+    second = CliRunner().invoke(cli, [*args, "--backend", "numba"])
+    assert calls[4:] == [["iimm", "acs"]]                   # only the broken dataset, whose scoring failed
+    rows = {r["dataset"]: r["scores"] for r in json.loads(first.stdout)["rows"]}
+    assert {r["dataset"]: r["scores"] for r in json.loads(second.stdout)["rows"]} == rows
+    third = CliRunner().invoke(cli, [*args, "--backend", "torch", "--recompute"])
+    assert len(calls) == 9 and third.exit_code == 1
+    for r in json.loads(third.stdout)["rows"]:
+        assert r["scores"] == pytest.approx(rows[r["dataset"]], rel=1e-6)
+
+
+
+def test_scores_kept_for_a_set_serve_other_keys_and_backends(tmp_path, monkeypatch):
+    """What finetune/calibrate keep (every embedding score of a set) serves screen's keys; only missing keys
+    are computed, and added to what the store keeps."""
+    import iimm.engine.scoring.stored as stored
+    from iimm.engine import EmbeddingSet
+    from iimm.engine.embedding.store import open_store
+    from synthetic import structured
+
+    calls, real_score = [], stored.score
+    monkeypatch.setattr(stored, "score", lambda es, keys, **kw: calls.append(list(keys)) or real_score(es, keys, **kw))
+    es = EmbeddingSet.from_arrays(*structured(2, 90, 8, 3))
+    st = open_store(tmp_path / "store")
+    kept, cached = stored.stored_scores(es, "set1", st, "all", backend="torch")
+    assert not cached and calls == [list(kept)] and len(kept) == 14
+    got, cached = stored.stored_scores(es, "set1", st, ["iimm", "gap"], backend="numba")
+    assert cached and got == {"iimm": kept["iimm"], "gap": kept["gap"]} and len(calls) == 1
+    got, cached = stored.stored_scores(es, "set1", st, ["iimm", "leep"], backend="torch")
+    assert not cached and calls[1:] == [["leep"]] and got["iimm"] == kept["iimm"]
+    assert stored.stored_scores(es, "set1", st, ["leep"])[1]                  # leep is kept now
+    assert stored.stored_scores(es, "set2", st, ["iimm"])[1] is False         # another set computes
+    assert stored.stored_scores(es, None, st, ["iimm"])[1] is False           # no set id: nothing kept
+    assert len(calls) == 4

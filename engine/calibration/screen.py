@@ -1,7 +1,9 @@
 """Screening: every catalog dataset × model scored from zero-shot embeddings, ranked by predicted gain.
 
-Embeddings come from the store when they are there. One failing dataset never stops the
-others: its error is kept in the result and the rest go on.
+Embeddings come from the store when they are there, and so do their scores when `calibrate`, `finetune`
+or an earlier `screen` computed them for the same embedding set and iimm version (`recompute` forces a
+new computation). One failing dataset never stops the others: its error is kept in the result and the
+rest go on.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ..embedding.extract import embed_dataset, stored_embeddings
 from ...errors import one_line
 from ..embedding.models import ModelPool, ModelSpec, resolve_model
 from .fit import Calibration, predict
-from ..scoring.scores import score
+from ..scoring.stored import stored_scores
 from ..embedding.store import open_store
 from ..scoring.baselines import NCTI_PARTS, combine_ncti
 
@@ -86,14 +88,16 @@ class ScreenResult:
 def screen(catalog: Catalog, models: Sequence[str], *, calibrations: Sequence[Calibration] = (),
            pretrained: str | None = None, keys: Sequence[str] | None = None, backend: str = "auto",
            device: str = "auto", embed_options: dict | None = None, level: float = 0.90,
-           include_probes: bool = False, progress: Callable | None = None,
+           include_probes: bool = False, recompute: bool = False, progress: Callable | None = None,
            on_failure: Callable[[str, str, str], None] | None = None, executor=None) -> ScreenResult:
     """Score every dataset of `catalog` with every model; predictions from the matching calibrations.
 
     keys: score keys to compute (None: all); `iimm` is always included.
     embed_options: extra keyword arguments of `embed_dataset` (batch_size, workers, store, ...).
+    recompute: compute the scores even when the store keeps them for the same embedding set.
     executor: None / "local" runs here, model by model; "ray" (or an `Executor`) runs one task per
-        (model, dataset) cell, see `screen_cells`.
+        (model, dataset) cell, see `screen_cells` (its workers read kept scores but leave the store's
+        registry to the driver).
     """
     keys = None if keys is None else list(dict.fromkeys(["iimm", *keys]))
     datasets = catalog.datasets if include_probes else catalog.targets
@@ -122,7 +126,8 @@ def screen(catalog: Catalog, models: Sequence[str], *, calibrations: Sequence[Ca
     executor = as_executor(executor)
     if executor.is_ray:
         screen_cells(specs, datasets, calibrations, result, failed, keys=keys, backend=backend, device=device,
-                     embed_options=embed_options, level=level, progress=progress, executor=executor)
+                     embed_options=embed_options, level=level, progress=progress, executor=executor,
+                     recompute=recompute)
         add_combined_ncti(result.rows)
         return result
     for model, spec in specs:
@@ -131,7 +136,7 @@ def screen(catalog: Catalog, models: Sequence[str], *, calibrations: Sequence[Ca
             try:
                 result.rows.append(screen_one(ds, spec, calibrations, keys=keys, backend=backend, device=device,
                                               embed_options={"models": pool, **embed_options},
-                                              level=level, progress=progress))
+                                              level=level, recompute=recompute, progress=progress))
             except Exception as exc:  # noqa: BLE001 - one dataset's failure is reported, the others go on
                 failed(ds.name, model, exc)
         del pool  # the model's memory goes before the next model loads
@@ -165,6 +170,7 @@ class ScreenCellJob:
     device: str
     embed_options: dict
     level: float
+    recompute: bool = False
 
     def __call__(self, cell: ScreenCell) -> ScreenRow:
         if _WORKER_POOL.get("model") != cell.spec.fingerprint:  # the previous model's memory goes first
@@ -172,7 +178,7 @@ class ScreenCellJob:
             _WORKER_POOL.update(model=cell.spec.fingerprint, pool=ModelPool())
         return screen_one(cell.dataset, cell.spec, self.calibrations, keys=self.keys, backend=self.backend,
                           device=self.device, embed_options={"models": _WORKER_POOL["pool"], **self.embed_options},
-                          level=self.level)
+                          level=self.level, recompute=self.recompute, keep_scores=False)
 
 
 def plan_cells(specs: Sequence[tuple[str, ModelSpec]], datasets: Sequence[Dataset], embed_options: dict, device: str,
@@ -197,12 +203,12 @@ def plan_cells(specs: Sequence[tuple[str, ModelSpec]], datasets: Sequence[Datase
 
 
 def screen_cells(specs, datasets, calibrations, result: ScreenResult, failed, *, keys, backend, device,
-                 embed_options: dict, level: float, progress, executor: Executor) -> None:
+                 embed_options: dict, level: float, progress, executor: Executor, recompute: bool = False) -> None:
     """The screen as one Ray task per cell: cells in the store are CPU scoring tasks, the others run the model
     (a GPU each where there are GPUs). A failing cell is retried once by the driver, then reported."""
     cells = plan_cells(specs, datasets, embed_options, device, failed)
     job = ScreenCellJob(tuple(calibrations), tuple(keys) if keys else None, backend, device,
-                        {k: v for k, v in embed_options.items() if k != "models"}, level)
+                        {k: v for k, v in embed_options.items() if k != "models"}, level, recompute)
     model_resources = model_task_resources(executor, device)
     done = [0]
 
@@ -235,17 +241,22 @@ def add_combined_ncti(rows: Sequence[ScreenRow]) -> None:
 
 
 def screen_one(ds: Dataset, spec: ModelSpec, calibrations: Sequence[Calibration], *, keys, backend, device,
-               embed_options: dict, level: float, progress=None) -> ScreenRow:
+               embed_options: dict, level: float, recompute: bool = False, keep_scores: bool = True,
+               progress=None) -> ScreenRow:
+    """One dataset × model. Scores the store keeps for the embeddings are read (unless `recompute`), new ones
+    kept there (unless not `keep_scores`: a Ray worker leaves the store's registry to the driver)."""
     model = spec.name
     es, info = embed_dataset(spec, str(ds.images), templates=ds.templates,
                              template_file=ds.template_file, template_set=ds.template_set,
                              classnames=ds.classnames, device=device, progress=progress, **embed_options)
-    report = score(es, keys, backend=backend, device=device)
-    row = ScreenRow(ds.name, model, report.scores, info.images, info.cached)
+    store = open_store(embed_options.get("store")) if embed_options.get("use_cache", True) else None
+    scores, _ = stored_scores(es, info.set_id, store, keys, backend=backend, device=device, recompute=recompute,
+                              keep=keep_scores)
+    row = ScreenRow(ds.name, model, scores, info.images, info.cached)
     for cal in calibrations:
         if cal.model != model:
             continue
-        pred = predict(cal, report.scores[cal.score_key], level)
+        pred = predict(cal, scores[cal.score_key], level)
         row.predictions[cal.method] = {o: {"value": p.value, "low": p.low, "high": p.high}
                                        for o, p in pred.outcomes.items()}
         row.in_range[cal.method] = pred.in_range

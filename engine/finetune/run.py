@@ -154,17 +154,9 @@ class ZeroShotAccuracy:
 def _zero_shot_scores(es, set_id: str | None, memo, backend: str, device: torch.device,
                       progress) -> dict[str, float]:
     """Every embedding score of the zero-shot embeddings, computed once per embedding set when `memo` is a Store."""
-    from ... import __version__
-    from ..scoring.scores import score
+    from ..scoring.stored import stored_scores
 
-    key = {"format": 1, "embedding_set": set_id, "iimm_version": __version__, "backend": backend}
-    hit = memo.get_result("zeroshot_scores", key) if memo and set_id else None
-    if hit is not None:
-        return hit
-    scores = score(es, backend=backend, device=device, progress=progress).scores
-    if memo and set_id:
-        memo.put_result("zeroshot_scores", key, scores)
-    return scores
+    return stored_scores(es, set_id, memo, backend=backend, device=device, progress=progress)[0]
 
 
 # ---- the seeds ----------------------------------------------------------------------------------------

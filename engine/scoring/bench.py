@@ -20,6 +20,7 @@ import torch
 
 from ...kernels import BACKENDS, ROW_DTYPES, get_backend, resolve_device, triton_interpreted
 from ...errors import IimmError, InputError
+from .chunk import Chunk
 from .pairwise import pairwise_silhouette
 from .scores import finalize_linear
 from .stats import ClassStats, ZeroShotStats
@@ -112,15 +113,15 @@ def intra_from_class_sums(backend, data: BenchData, chunk_rows: int) -> float:
     """Mean x̂_i·x̂_j over pairs i<j from one class-sums pass, exactly as `score` computes it."""
     stats = ClassStats(data.text.shape[0], data.rows.shape[1], backend.device)
     for lo, hi in _chunks(data.rows.shape[0], chunk_rows):
-        stats.update(backend, lo, data.rows[lo:hi], data.labels[lo:hi])
+        stats.update(Chunk(None, data.labels[lo:hi], lo, rows=data.rows[lo:hi], backend=backend))
     return finalize_linear(stats, data.text, {})["iimm_intra_image"]
 
 
 def zero_shot_top1(backend, data: BenchData, chunk_rows: int) -> float:
     """Share of rows whose own class text is the most similar, from one cross-reduce pass."""
-    stats = ZeroShotStats(data.text.shape[0], backend.device)
+    stats = ZeroShotStats(data.text, backend.device)
     for lo, hi in _chunks(data.rows.shape[0], chunk_rows):
-        stats.update(backend, lo, data.rows[lo:hi], data.labels[lo:hi], data.text)
+        stats.update(Chunk(None, data.labels[lo:hi], lo, rows=data.rows[lo:hi], backend=backend))
     return float(stats.top1.sum()) / data.rows.shape[0]
 
 

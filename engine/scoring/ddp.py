@@ -2,15 +2,15 @@
 
 Each rank feeds its own rows (its `DistributedSampler` share) to its accumulators with
 `update`; `all_reduce_accumulators` then leaves every rank holding the statistics of all
-rows. Accumulators whose merge is plain addition are summed in place by `all_reduce`
-(one collective per field, no copy through Python); the others (the baselines' Gram
-statistics merge with a centring correction) are gathered as `state_dict`s and merged
-with their own `merge`, in rank order, so every rank gets the same numbers.
+rows. Accumulators whose fields all merge by addition and are torch tensors are summed in
+place by `all_reduce` (one collective per field, no copy through Python); the others (the
+baselines' NumPy statistics, the Gram statistics' pairwise update) are gathered as
+`state_dict`s and merged with their own `merge`, in rank order, so every rank gets the same numbers.
 
     torch.distributed.init_process_group("nccl")
     stats = ClassStats(num_classes, dim, device)
     for start, rows, labels in my_rows:          # start: the rows' global index
-        stats.update(backend, start, rows, labels)
+        stats.update(Chunk(None, labels, start, rows=rows, backend=backend))
     all_reduce_accumulators([stats])
 """
 
@@ -19,12 +19,15 @@ from __future__ import annotations
 import copy
 from typing import Sequence
 
-from .stats import _Mergeable
+import torch
+
+from .accumulator import Accumulator
 
 
 def is_additive(acc) -> bool:
-    """True when `acc` merges by adding its torch fields (the pass-1/pass-2 embedding statistics)."""
-    return isinstance(acc, _Mergeable) and type(acc).merge is _Mergeable.merge
+    """True when every field of `acc` is a torch tensor merged by addition (the embedding statistics)."""
+    return (isinstance(acc, Accumulator) and type(acc).merge is Accumulator.merge
+            and all(f.merge == "sum" and isinstance(getattr(acc, f.name), torch.Tensor) for f in acc._fields.values()))
 
 
 def all_reduce_accumulators(accumulators: Sequence, group=None) -> None:
@@ -37,8 +40,7 @@ def all_reduce_accumulators(accumulators: Sequence, group=None) -> None:
     others = []
     for acc in accumulators:
         if is_additive(acc):
-            for name in acc._fields:
-                value = getattr(acc, name)
+            for name in acc.field_names:
                 value = getattr(acc, name).contiguous()
                 dist.all_reduce(value, op=dist.ReduceOp.SUM, group=group)
                 setattr(acc, name, value)
