@@ -161,7 +161,7 @@ def test_everything_reads_the_rows_once_per_pass():
     assert es.reads == [400, 400, 400]
     es.reads.clear()
     score(es, "everything", backend="torch", chunk_rows=64)
-    assert es.reads == [400, 400, 400, 400]  # N ≤ the quadratic limit: the all-pairs tiles read the set itself
+    assert es.reads == [400, 400, 400]   # N ≤ the quadratic limit: the all-pairs sweep reads the blocks whole
     es.reads.clear()
     score(es, ["iimm", "acs", "zeroshot_top1", "gbc_spherical", "nce"], backend="torch", chunk_rows=64)
     assert es.reads == [400]
