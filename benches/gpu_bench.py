@@ -143,7 +143,25 @@ def check_kernels(ops, device, size) -> list[dict]:
         ref = reference.pairwise_class_sums(x[:m], x[:4 * m], y[:4 * m], c, **args)
         out.append({"check": f"pairwise {metric} p={p}", "rel_err": rel_err(got.sums, ref.sums),
                     "nan": bool(torch.isnan(got.sums).any()), "exact": bool(torch.equal(got.counts, ref.counts))})
+    m = min(n, 2048)
+    got = ops.all_pairs_class_sums(x[:m], y[:m], c, euclidean=True, cosine_p=0.0, zero_eps=1e-4, tile=512)
+    for metric, p, field in (("euclidean", 1.0, "euclidean"), ("cosine", 0.0, "cosine")):
+        ref = reference.pairwise_class_sums(x[:m], x[:m], y[:m], c, metric=metric, p=p, query_offset=0, key_offset=0,
+                                            zero_eps=1e-4 if metric == "cosine" else 0.0)
+        out.append({"check": f"all-pairs tiles {metric} p={p}", "rel_err": rel_err(getattr(got, field), ref.sums),
+                    "nan": bool(torch.isnan(getattr(got, field)).any()),
+                    "exact": metric == "euclidean" or bool(torch.equal(got.cosine_pairs, ref.counts))})
     return out
+
+
+def silhouette_tiles(ops, x, y, c, both=False):
+    """The symmetric float32 tiles of `all_pairs_class_sums` (each tile pair once, both sides), as `iimm score`
+    runs them; both=True also feeds gensil from the same products."""
+    sums = ops.all_pairs_class_sums(x, y, c, euclidean=True, cosine_p=1.0 if both else None, zero_eps=1e-6)
+    counts = torch.bincount(y, minlength=c).double()
+    pair_counts = counts.expand(x.shape[0], c).clone()
+    pair_counts.scatter_add_(1, y[:, None], torch.full((x.shape[0], 1), -1.0, device=x.device, dtype=torch.float64))
+    return float(silhouette_from_sums(sums.euclidean, pair_counts, y, counts > 0).mean())
 
 
 def chunked(fn, x, y, chunk):
@@ -259,11 +277,17 @@ def time_silhouette(ops, device, clock, size, rates, budget) -> dict:
     tri = clock(lambda: silhouette_triton(ops, x, y, c, size["pair_tile"]), 1, warmup=0)
     value_c = silhouette_cdist(x, y, c, 4096 if device.type == "cuda" else 64)
     tor = clock(lambda: silhouette_cdist(x, y, c, 4096 if device.type == "cuda" else 64), 1, warmup=0)
+    value_s = silhouette_tiles(ops, x, y, c)
+    sym = clock(lambda: silhouette_tiles(ops, x, y, c), 1, warmup=0)
+    both = clock(lambda: silhouette_tiles(ops, x, y, c, both=True), 1, warmup=0)
     tflop = 2 * n * n * d / tri / 1e12
     row.update(triton_s=tri, torch_s=tor, speedup=tor / tri, tflop_s=tflop, of_matmul=tflop / rates["matmul_tflop_s"],
-               value_triton=value_t, value_cdist=value_c)
+               value_triton=value_t, value_cdist=value_c, tiles_s=sym, tiles_both_s=both, value_tiles=value_s,
+               tiles_speedup=tor / sym)
     print(f"  silhouette    N={n:>9,} D={d:5d} C={c:5d}  triton {tri:8.3f} s  cdist {tor:8.3f} s  ×{tor / tri:6.2f}"
           f"  values {value_t:.6f} / {value_c:.6f}", flush=True)
+    print(f"  all-pairs tiles (each pair once): euclidean {sym:8.3f} s (×{tor / sym:6.2f} over cdist), with gensil "
+          f"from the same products {both:8.3f} s; value {value_s:.6f}", flush=True)
     return row
 
 

@@ -1,11 +1,14 @@
 """all_pairs_class_sums (symmetric float32 tiles) on every backend against the float64 O(N²) definitions."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import silhouette_score
 
 import naive_scores as naive
+from iimm.engine.scoring import pairwise
 from iimm.engine.scoring.pairwise import mean_silhouette_of_power_sums, mean_silhouette_of_sums, pairwise_silhouette
 from iimm.kernels import get_backend
 from synthetic import structured
@@ -127,3 +130,16 @@ def test_progress_counts_tile_pairs_and_empty_input(backend):
     assert seen == [(k, 6) for k in range(1, 7)]  # 3 tiles: 3 diagonal + 3 off-diagonal pairs
     e = sums_of(backend, x[:0], y[:0], 5, 16, euclidean=True)[0]
     assert e.shape == (0, 5)
+
+
+def test_estimate_is_one_timed_tile_times_the_tile_pairs(monkeypatch):
+    monkeypatch.setattr(pairwise, "ALL_PAIRS_TILE", 100)
+    calls = []
+
+    def run(rows, labels, tick=None):
+        calls.append(len(rows))
+        time.sleep(0.05 if len(rows) == 100 else 0.0)
+
+    seconds = pairwise.estimate_seconds(run, torch.zeros(450, 3), torch.zeros(450, dtype=torch.int64), 450)
+    assert calls == [64, 100]  # a warm-up call, then one whole tile of the real rows
+    assert 15 * 0.05 <= seconds < 15 * 0.05 * 3  # 5 tiles: 15 unordered tile pairs

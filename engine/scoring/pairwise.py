@@ -112,21 +112,21 @@ def all_pairs_scores(es: EmbeddingSet, be: Backend, keys: list[str], *, gensil_p
 
 
 def estimate_seconds(run: Callable, x: torch.Tensor, labels: torch.Tensor, rows: int) -> float:
-    """Seconds for the pass over `rows` rows: one diagonal tile of the real rows timed, scaled by pair count.
+    """Seconds for the pass over `rows` rows: one tile of the real rows timed, times the tile-pair count.
 
-    A tiny call first, so that compilation (numba, Triton) is not counted.
+    A diagonal tile costs one full matrix product, as every other tile pair does. A tiny call comes
+    first, so that compilation (numba, Triton) is not counted.
     """
     run(x[:64], labels[:64])
     m = min(rows, ALL_PAIRS_TILE)
     started = time.perf_counter()
     run(x[:m], labels[:m])
     _synchronize(x.device)
-    per_pair = (time.perf_counter() - started) / max(1, m * (m - 1) // 2)
-    return per_pair * rows * (rows - 1) / 2
+    return (time.perf_counter() - started) * tile_pair_count(rows)
 
 
-def tile_pair_count(rows: int, tile: int = ALL_PAIRS_TILE) -> int:
-    return len(tile_pairs(rows, tile))
+def tile_pair_count(rows: int, tile: int | None = None) -> int:
+    return len(tile_pairs(rows, tile or ALL_PAIRS_TILE))
 
 
 def _synchronize(device: torch.device) -> None:
