@@ -9,6 +9,7 @@ from ..engine.scoring.registry import (DEFAULT_BASELINE_SAMPLE, DEFAULT_QUADRATI
 from ..errors import InputError
 from .commands import command
 from .device_options import backend_option, device_option
+from .executor_options import executor_options
 from .extract_options import extraction_options
 from .progress import ProgressBar
 from .render import FORMATS, emit, table, to_csv, to_json, writable_path
@@ -86,16 +87,24 @@ def load_label_embeddings(path: str):
               help="Extra (C, D) .npy label embeddings for EMMS (repeatable); the class texts are always used.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress on stderr: a bar on a terminal, lines otherwise.")
+@executor_options
 def score(embeddings_path, label_column, extract, metrics, fmt, output, backend, device, chunk_rows, gensil_p,
-          sample, seed, quadratic_limit, logit_scale, baseline_sample, label_embeddings, progress):
+          sample, seed, quadratic_limit, logit_scale, baseline_sample, label_embeddings, progress, run_on):
     """Either --embeddings PATH, or --model M --data IMAGES (encoded once, then kept in the store).
     A clip-retrieval folder's class texts come from its text.npy, or from --model M with --template prompts.
+    With --executor ray each ~1 M rows of shard files are one task per pass, their statistics kept under the store's
+    partials/ so that a rerun after a crash computes only what is missing.
     """
     from ..engine import load_embeddings, score as score_embeddings
     from ..engine.embedding.store import open_store
 
     info = None
-    if embeddings_path:
+    options = dict(backend=backend, device=device, chunk_rows=chunk_rows, gensil_p=gensil_p, sample=sample, seed=seed,
+                   quadratic_limit=quadratic_limit, logit_scale=logit_scale, baseline_sample=baseline_sample,
+                   label_embeddings=[load_label_embeddings(f) for f in label_embeddings] or None)
+    if run_on.executor == "ray":
+        report, info = _score_on_ray(embeddings_path, label_column, extract, metrics, options, progress, run_on)
+    elif embeddings_path:
         if extract.data:
             raise InputError("--embeddings and --data both given; pass one source of embeddings")
         if not extract.model and (extract.template or extract.templates or extract.pretrained):
@@ -109,12 +118,10 @@ def score(embeddings_path, label_column, extract, metrics, fmt, output, backend,
             es, info = extract.embed(device=device, progress=bar)
     else:
         raise InputError("no embeddings to score; pass --embeddings PATH, or --model M --data PATH")
-    with ProgressBar(enabled=progress) as bar:
-        report = score_embeddings(es, metrics, backend=backend, device=device, chunk_rows=chunk_rows,
-                                  gensil_p=gensil_p, sample=sample, seed=seed, quadratic_limit=quadratic_limit,
-                                  logit_scale=logit_scale, baseline_sample=baseline_sample,
-                                  label_embeddings=[load_label_embeddings(f) for f in label_embeddings] or None,
-                                  progress=bar, on_estimate=lambda est: tell_estimate(bar, est))
+    if run_on.executor != "ray":
+        with ProgressBar(enabled=progress) as bar:
+            report = score_embeddings(es, metrics, progress=bar, on_estimate=lambda est: tell_estimate(bar, est),
+                                      **options)
     result = report.to_dict()
     if info is not None:
         result.update(model=info.model, pretrained=info.pretrained, data=info.data, images=info.images,
@@ -126,3 +133,29 @@ def score(embeddings_path, label_column, extract, metrics, fmt, output, backend,
                                                        seconds=result["seconds"])
     emit(render_result(result, fmt), output)
 
+
+
+def _score_on_ray(embeddings_path, label_column, extract, metrics, options: dict, progress: bool, run_on):
+    """(ScoreReport, EmbedInfo or None) of the embeddings scored as Ray tasks, one per shard file and pass."""
+    from ..engine.embedding.store import open_store
+    from ..engine.scoring.sharded import score_sharded
+
+    info = None
+    class_texts = None
+    if embeddings_path:
+        if extract.data:
+            raise InputError("--embeddings and --data both given; pass one source of embeddings")
+        source = embeddings_path
+        class_texts = extract.class_text_encoder(options["device"]) if extract.model else None
+    elif extract.given:
+        with ProgressBar(unit="img", enabled=progress) as bar:
+            _, info = extract.embed(device=options["device"], progress=bar, executor=run_on.build())
+        source = info.location
+    else:
+        raise InputError("no embeddings to score; pass --embeddings PATH, or --model M --data PATH")
+    with ProgressBar(unit="unit", enabled=progress) as bar:
+        report = score_sharded(source, metrics, executor=run_on.build(), class_texts=class_texts,
+                               label_column=label_column, classnames=extract.classnames,
+                               partials=open_store(extract.store).root / "partials",
+                               on_unit=lambda k, done, total: bar(f"pass {k + 1} units", done, total), **options)
+    return report, info

@@ -15,7 +15,7 @@ import torch
 from iimm.engine.distributed import Executor, UnitFailure, map_reduce, map_units, merge_tree
 from iimm.errors import InputError
 
-COMMANDS = ["embed", "screen", "calibrate"]  # the commands with --executor
+COMMANDS = ["embed", "score", "screen", "calibrate"]  # the commands with --executor
 
 
 def test_map_units_keeps_unit_order_and_reports_a_failing_unit_while_the_rest_go_on():

@@ -78,11 +78,9 @@ def score(embeddings: EmbeddingSet, keys: Iterable[str] | str | None = None, bac
     started = time.perf_counter()
     es = embeddings
     keys = resolve_keys(keys)
-    options = ScoreOptions(gensil_p=gensil_p, sample=sample, seed=seed, quadratic_limit=quadratic_limit,
-                           logit_scale=float(logit_scale or es.meta.get("logit_scale") or ScoreOptions.logit_scale),
-                           baseline_sample=baseline_sample or ScoreOptions.baseline_sample,
-                           label_sets=check_label_sets(label_embeddings, es.c, es.d)
-                           if any(k in REGISTRY and REGISTRY[k].family == BASELINE for k in keys) else ())
+    options = score_options(es, keys, gensil_p=gensil_p, sample=sample, seed=seed, quadratic_limit=quadratic_limit,
+                            logit_scale=logit_scale, baseline_sample=baseline_sample,
+                            label_embeddings=label_embeddings)
     be = backend if isinstance(backend, Backend) else get_backend(backend, device)
     chunk_rows = chunk_rows or default_chunk_rows(es.d, es.image_dtype.itemsize)
     report = ScoreReport({}, es.n, es.d, es.c, be.name, str(be.device), 0.0, es.source)
@@ -92,6 +90,17 @@ def score(embeddings: EmbeddingSet, keys: Iterable[str] | str | None = None, bac
     return report
 
 
+def score_options(es: EmbeddingSet, keys: list[str], *, gensil_p: float = 1.0, sample: int | None = None,
+                  seed: int = 0, quadratic_limit: int | None = None, logit_scale: float | None = None,
+                  baseline_sample: int | None = None, label_embeddings=None) -> ScoreOptions:
+    """`score()`'s keyword options as `ScoreOptions` for `es` (logit_scale: the model's by default, else 100)."""
+    return ScoreOptions(gensil_p=gensil_p, sample=sample, seed=seed, quadratic_limit=quadratic_limit,
+                        logit_scale=float(logit_scale or es.meta.get("logit_scale") or ScoreOptions.logit_scale),
+                        baseline_sample=baseline_sample or ScoreOptions.baseline_sample,
+                        label_sets=check_label_sets(label_embeddings, es.c, es.d)
+                        if any(k in REGISTRY and REGISTRY[k].family == BASELINE for k in keys) else ())
+
+
 def evaluate(es: EmbeddingSet, keys: list[str], options: ScoreOptions, be: Backend, chunk_rows: int,
              progress=None, on_estimate=None) -> tuple[dict[str, float], list[str], dict[str, int]]:
     """Resolved `keys` of `es`: checks, one `ScorePlan` run in this process -> (values, notes, sample rows)."""
@@ -99,13 +108,18 @@ def evaluate(es: EmbeddingSet, keys: list[str], options: ScoreOptions, be: Backe
     plan = ScorePlan(es, keys, options, be.device, chunk_rows)
     plan.on_estimate = on_estimate
     values = run_plan(plan, es, be, chunk_rows, progress)
+    check_finite(values)
+    return values, plan.notes, plan.sample_rows
+
+
+def check_finite(values: dict[str, float]) -> None:
+    """InputError naming the first score that came out NaN or infinite."""
     for k, v in values.items():
         if not math.isfinite(v):
             what = "baseline" if REGISTRY[k].family == BASELINE else "score"
             fix = f" — leave {k} out of --metrics" if what == "baseline" else ""
             raise InputError(f"{what} {k} came out {v}; the embeddings are degenerate for it (check for "
                              f"constant or duplicated rows){fix}")
-    return values, plan.notes, plan.sample_rows
 
 
 def check_keys(es: EmbeddingSet, keys: list[str], options: ScoreOptions) -> None:
