@@ -6,10 +6,12 @@ paths, a folder of `.tar` files, or a CLIP_benchmark root: `<root>/<split>/*.tar
 Samples are grouped as webdataset groups them (`webdataset.tariterators.base_plus_ext`); the image is
 the first of `jpg jpeg png webp`, the label the integer in `cls` or a field of the `json` member.
 
-The shards are indexed once by their tar headers (plus the small label members); when images are
-encoded they are streamed with webdataset's own tar iterator, never unpacked to disk. A sample that
-does not decode, or that a truncated tar cuts off, is yielded as unreadable (None) and so counted and
-listed like an unreadable image file. Random access (fine-tuning) reads a member at its recorded offset.
+The shards are indexed once from their tar headers (stdlib `tarfile`, plus the small label members),
+samples grouped by webdataset's own key rule; when images are encoded each tar is streamed in file
+order, every image read at the offset its header gave, never unpacked to disk (this measured faster
+than webdataset's `tarfile_samples`, which parses every header a second time). A sample that does not
+decode, or that a truncated tar cuts off, is yielded as unreadable (None) and so counted and listed
+like an unreadable image file. Random access (fine-tuning) reads a member at the same offset.
 """
 
 from __future__ import annotations
@@ -108,17 +110,17 @@ class TarReader:
 
 
 class TarStream(torch.utils.data.IterableDataset):
-    """`(image | None, label, index)` for the items at `indices`, streamed tar by tar with webdataset.
+    """`(image | None, label, index)` for the items at `indices`, streamed tar by tar in file order.
 
-    Workers take every W-th tar; within a tar samples come in order, and the wanted samples the tar
-    did not deliver (truncated, corrupt) come as None after it."""
+    Workers take every W-th tar; a sample that does not decode (corrupt, or cut off by a truncated
+    tar) comes as None."""
 
     def __init__(self, items: list[ImageItem], indices: list[int], transform):
         self.transform = transform
         self.by_tar: dict[str, dict[str, tuple[int, int, str]]] = {}
         for i in indices:
             it = items[i]
-            self.by_tar.setdefault(it.ref.tar, {})[it.ref.key] = (i, it.label, it.path)
+            self.by_tar.setdefault(it.ref.tar, {})[it.ref] = (i, it.label, it.path)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -129,32 +131,23 @@ class TarStream(torch.utils.data.IterableDataset):
             yield from self._one_tar(tar, self.by_tar[tar])
 
     def _one_tar(self, tar: str, wanted: dict):
-        from webdataset.tariterators import tarfile_samples
-
-        seen = set()
-        for sample in tarfile_samples([{"url": tar}], handler=_end_shard):
-            found = wanted.get(sample.get("__key__"))
-            if found is None:
-                continue
-            index, label, name = found
-            seen.add(sample["__key__"])
-            data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
-            try:
-                if data is None:
-                    raise UnreadableImage(f"{name}: no image member")
-                image = read_rgb(io.BytesIO(data), name)
-            except UnreadableImage:
+        """Read the wanted samples' images in file order, each at the offset its tar header gave (one
+        sequential pass over the tar; a short read, from a truncated tar, fails to decode)."""
+        try:
+            f = open(tar, "rb")
+        except OSError:
+            for index, label, _ in wanted.values():
                 yield None, label, index
-                continue
-            yield self.transform(image), label, index
-        for key, (index, label, _) in wanted.items():
-            if key not in seen:
-                yield None, label, index
-
-
-def _end_shard(exn: Exception) -> bool:
-    """webdataset handler: a broken tar ends its own stream; its undelivered samples are then counted."""
-    return False
+            return
+        with f:
+            for member, (index, label, name) in sorted(wanted.items(), key=lambda kv: kv[1][0]):
+                f.seek(member.offset)
+                try:
+                    image = read_rgb(io.BytesIO(f.read(member.size)), name)
+                except UnreadableImage:
+                    yield None, label, index
+                    continue
+                yield self.transform(image), label, index
 
 
 class _Index:
@@ -212,7 +205,8 @@ class _Index:
         def text(m):
             if m.offset_data + m.size > size:
                 return None
-            return tf.extractfile(m).read().decode("utf-8", "replace").strip()
+            tf.fileobj.seek(m.offset_data)
+            return tf.fileobj.read(m.size).decode("utf-8", "replace").strip()
 
         if self.label_key is None and "cls" in members:
             value = text(members["cls"])
