@@ -14,6 +14,7 @@ import click
 
 from ..engine.embedding.model_catalog import MODEL_ALIASES
 from ..engine.embedding.prompts import list_template_sets
+from ..engine.embedding.store import DEFAULT_SHARD_ROWS
 from ..errors import InputError
 from .option_group import option_group
 
@@ -41,6 +42,7 @@ class ExtractOptions:
     no_cache: bool
     max_skip_frac: float
     store: str | None
+    shard_rows: int
 
     @property
     def given(self) -> bool:
@@ -68,7 +70,8 @@ class ExtractOptions:
         return dict(pretrained=self.pretrained, templates=list(self.template) or None, template_file=template_file,
                     template_set=template_set, classnames=self.classnames, split=self.split, domain=self.domain,
                     label_key=self.label_key, batch_size=self.batch_size or ENCODE_BATCH_DEFAULT, workers=self.workers, dtype=self.dtype,
-                    store=self.store, use_cache=not self.no_cache, max_skip_frac=self.max_skip_frac)
+                    store=self.store, use_cache=not self.no_cache, max_skip_frac=self.max_skip_frac,
+                    shard_rows=self.shard_rows)
 
     def embed(self, device: str = "auto", progress=None, executor=None):
         """Run `embed_dataset` with these options -> (EmbeddingSet, EmbedInfo)."""
@@ -130,6 +133,9 @@ _OPTIONS = [
                  help="Fail when more than this fraction of the images cannot be read."),
     click.option("--store", type=click.Path(file_okay=False), envvar="IIMM_HOME",
                  help="Embedding store folder [default: $IIMM_HOME, else ~/.cache/iimm]."),
+    click.option("--shard-rows", type=click.IntRange(min=1), default=DEFAULT_SHARD_ROWS, show_default=True,
+                 help="Images per store shard, the unit an interrupted run resumes from (a set already begun "
+                      "keeps its own)."),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import signal
 import sys
 
 import click
@@ -11,6 +12,7 @@ import click
 from .. import __version__
 from ..errors import IimmError
 from .commands import COMMANDS
+from . import interrupts
 
 
 class LazyGroup(click.Group):
@@ -53,8 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    interrupts.install()
     try:
-        cli.main(args=args, prog_name="iimm", standalone_mode=False)
+        try:
+            cli.main(args=args, prog_name="iimm", standalone_mode=False)
+        except Exception:  # click turns Ctrl-C into Abort; an error raised while a signal unwinds is that signal
+            interrupts.raise_if_interrupted()
+            raise
+        interrupts.raise_if_interrupted()  # a signal whose exception something swallowed
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except getattr(click.exceptions, "NoArgsIsHelpError", ()) as exc:  # a bare `iimm`: its help, not an error
@@ -70,9 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.Abort:
         click.echo("iimm: aborted", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("iimm: interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt:  # SIGINT or SIGTERM (interrupts.Terminated): exit 130 or 143
+        signum = interrupts.received() or signal.SIGINT
+        click.echo(interrupts.message(signum), err=True)
+        sys.exit(interrupts.exit_code(signum))
     except IimmError as exc:
         if debug:
             raise

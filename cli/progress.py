@@ -19,6 +19,8 @@ LINE_EVERY_S = 10.0
 SCALED_TOTAL = 1000
 SMALL_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
 
+from .interrupts import raise_if_interrupted
+
 
 def stderr_is_terminal() -> bool:
     try:
@@ -41,6 +43,7 @@ class ProgressBar:
         self._done = self._total = 0
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        raise_if_interrupted()  # a Ctrl-C swallowed where it landed stops the command at its next step
         if not self.enabled:
             return
         if stage != self._stage:

@@ -26,9 +26,8 @@ from .models import (LoadedModel, ModelPool, ModelSpec, class_text_embeddings, e
 from ..files import write_json_atomic, write_npy_atomic
 from ..distributed import LOCAL, as_executor
 from ..hashing import hash_json
-from .store import ID_CHARS, Store, open_store, shard_name
+from .store import DEFAULT_SHARD_ROWS, ID_CHARS, Store, open_store, shard_name
 
-DEFAULT_SHARD_ROWS = 8192
 STORE_DTYPES = {"fp16": np.float16, "fp32": np.float32}
 STAGE = "encoding images"
 Progress = Callable[[str, int, int], None]
@@ -312,16 +311,21 @@ class _Run:
         Returns the number of images encoded (unreadable ones not counted).
         """
         n = len(self.ds)
-        indices = [i for s in shards for i in range(s * shard_rows, min(n, (s + 1) * shard_rows))]
-        done = n - len(indices)
+        batches = shard_batches(shards, shard_rows, n, self.batch_size)
+        done = n - sum(len(b) for b in batches)
         self._report(done, n)
-        if not indices:
+        if not batches:
             return 0
         lm = self.lm
+        dataset = self.ds.encoding_dataset(lm.preprocess, [i for b in batches for i in b])
+        if isinstance(dataset, torch.utils.data.IterableDataset):  # streamed tar shards: rows come as they come
+            batching = dict(batch_size=self.batch_size)
+        else:  # positions in the subset, batch by batch
+            starts = np.cumsum([0] + [len(b) for b in batches])
+            batching = dict(batch_sampler=[list(range(a, b)) for a, b in zip(starts[:-1], starts[1:])])
         loader = torch.utils.data.DataLoader(
-            self.ds.encoding_dataset(lm.preprocess, indices), batch_size=self.batch_size,
-            shuffle=False, num_workers=self.workers, collate_fn=collate_skipping,
-            pin_memory=lm.device.type == "cuda", prefetch_factor=4 if self.workers else None)
+            dataset, num_workers=self.workers, collate_fn=collate_skipping, pin_memory=lm.device.type == "cuda",
+            prefetch_factor=4 if self.workers else None, **batching)
         store_dtype = STORE_DTYPES[self.dtype]
         pending: dict[int, _ShardBuffer] = {}
         skipped_total = list(prior_skipped)
@@ -414,6 +418,19 @@ def _buffer(pending: dict, shard: int) -> _ShardBuffer:
     if shard not in pending:
         pending[shard] = _ShardBuffer()
     return pending[shard]
+
+
+def shard_batches(shards: list[int], shard_rows: int, n: int, batch_size: int) -> list[list[int]]:
+    """The batches (lists of item indices) that encode the given shards of n items.
+
+    Batches start at each shard's first item and never cross into the next shard, so a shard is encoded
+    in the same batches, hence to the same bits, whether a run starts afresh, resumes or encodes it alone.
+    """
+    batches = []
+    for s in shards:
+        stop = min(n, (s + 1) * shard_rows)
+        batches += [list(range(i, min(stop, i + batch_size))) for i in range(s * shard_rows, stop, batch_size)]
+    return batches
 
 
 def _n_shards(n: int, shard_rows: int) -> int:

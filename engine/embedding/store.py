@@ -33,6 +33,11 @@ from ..hashing import hash_json
 
 BUSY_TIMEOUT_MS = 60_000
 ID_CHARS = 24
+# Dataset items per shard, the unit an interrupted embedding resumes from. A fixed count, not a time, so shard i
+# holds items [i * rows, (i + 1) * rows) on every machine and every run: the files, and the units distributed
+# embedding hands out, are the same everywhere. 1 024 images take about 40 s to encode with ViT-B-32 on a CPU
+# (25 img/s), well under a second on a GPU, where one more shard costs a few milliseconds.
+DEFAULT_SHARD_ROWS = 1024
 
 _CORE_SCHEMA = [
     """CREATE TABLE IF NOT EXISTS schema_migrations (
