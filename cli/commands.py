@@ -37,6 +37,7 @@ COMMANDS: dict[str, CommandEntry] = {
                                                   "columns, one row per object."),
     "bench": CommandEntry("bench", "bench", "Time class sums, cross reduce and the all-pairs pass per backend, "
                                             "beside the naive O(N²) peers."),
+    "store": CommandEntry("store_cmd", "store", "List, check and clean the embedding store (ls, check, rm, gc)."),
 }
 
 

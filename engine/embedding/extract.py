@@ -26,7 +26,7 @@ from .models import (LoadedModel, ModelPool, ModelSpec, class_text_embeddings, e
 from ..files import write_json_atomic, write_npy_atomic
 from ..distributed import LOCAL, as_executor
 from ..hashing import hash_json
-from .store import DEFAULT_SHARD_ROWS, ID_CHARS, Store, open_store, shard_name
+from .store import DEFAULT_SHARD_ROWS, ID_CHARS, SHARD_KINDS, Store, open_store, shard_name, write_shard
 
 STORE_DTYPES = {"fp16": np.float16, "fp32": np.float32}
 STAGE = "encoding images"
@@ -221,11 +221,14 @@ class _Run:
         row = st.get_set(set_id)
         if row is None or row["status"] != "complete":
             return None
+        if len(st.finished_shards(set_id)) != _n_shards(len(self.ds), int(row["shard_rows"])):
+            return None  # a shard failed its size or checksum, or is gone: forgotten, and encoded again
         try:
             es = load_embeddings(st.set_dir(set_id))
         except InputError:
             st.reset_set(set_id)  # files removed by hand: rebuild
             return None
+        st.touch_set(set_id)
         skipped = list(es.meta.get("skipped", []))
         return es, self.info(es.n, skipped, 0, st.set_dir(set_id), set_id, es.meta)
 
@@ -251,15 +254,13 @@ class _Run:
         prior_skipped = [p for i in sorted(finished) for p in finished[i][1]]
 
         def write(idx, rows, labs, skipped_paths):
-            write_npy_atomic(folder / shard_name("image", idx), rows)
-            write_npy_atomic(folder / shard_name("label", idx), labs)
-            st.record_shard(set_id, idx, len(rows), skipped_paths)
+            st.record_shard(set_id, idx, len(rows), skipped_paths, write_shard(folder, idx, rows, labs))
 
         if self.executor.is_ray:
             encoded = self.encode_units(st, set_id, image_key, todo, shard_rows, text.shape[1])
         else:
             encoded = self.encode(todo, shard_rows, text.shape[1], write, prior_skipped)
-        finished = st.finished_shards(set_id)
+        finished = st.finished_shards(set_id, verify=False)  # the earlier ones were verified above
         skipped = [p for i in sorted(finished) for p in finished[i][1]]
         images = sum(r for r, _ in finished.values())
         self._check_skips(len(skipped), skipped)
@@ -440,6 +441,7 @@ def _n_shards(n: int, shard_rows: int) -> int:
 def _link_shards(st: Store, donor_id: str, set_id: str) -> None:
     """Share a finished set's image shards with a set that differs only in class names / templates."""
     src, dst = st.set_dir(donor_id), st.set_dir(set_id)
+    recorded = {r["idx"]: r for r in st.shard_records(donor_id)}
     for idx, (rows, skipped) in sorted(st.finished_shards(donor_id).items()):
         for kind in ("image", "label"):
             tmp = dst / f".{shard_name(kind, idx)}.{os.getpid()}.link"
@@ -449,7 +451,8 @@ def _link_shards(st: Store, donor_id: str, set_id: str) -> None:
                 import shutil
                 shutil.copyfile(src / shard_name(kind, idx), tmp)
             os.replace(tmp, dst / shard_name(kind, idx))
-        st.record_shard(set_id, idx, rows, skipped)
+        files = {kind: (recorded[idx][f"{kind}_bytes"], recorded[idx][f"{kind}_sha256"]) for kind in SHARD_KINDS}
+        st.record_shard(set_id, idx, rows, skipped, None if None in files["image"] + files["label"] else files)
 
 
 def _check_options(batch_size, workers, dtype, max_skip_frac, shard_rows) -> None:

@@ -19,6 +19,8 @@ a torn row. Other modules add their own tables (fine-tune runs, calibrations) wi
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import os
 import sqlite3
@@ -28,10 +30,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+import numpy as np
+
 from ...errors import InputError
+from ..files import write_atomic
 from ..hashing import hash_json
 
 BUSY_TIMEOUT_MS = 60_000
+SHARD_KINDS = ("image", "label")
 ID_CHARS = 24
 # Dataset items per shard, the unit an interrupted embedding resumes from. A fixed count, not a time, so shard i
 # holds items [i * rows, (i + 1) * rows) on every machine and every run: the files, and the units distributed
@@ -83,6 +89,12 @@ _CORE_SCHEMA = [
 ]
 
 
+# Each shard file's size and sha256, recorded when it is written: a truncated or altered shard is found
+# and encoded again instead of being read as data. Rows of older stores have NULLs (checked for presence only).
+SHARD_CHECKSUMS = [f"ALTER TABLE shards ADD COLUMN {kind}_{field} {sql}" for kind in SHARD_KINDS
+                   for field, sql in (("bytes", "INTEGER"), ("sha256", "TEXT"))]
+
+
 def default_store_root() -> Path:
     """`$IIMM_HOME` if set, else `~/.cache/iimm`."""
     home = os.environ.get("IIMM_HOME")
@@ -132,6 +144,8 @@ class Store:
         with self.connect() as con:
             for statement in _CORE_SCHEMA:
                 con.execute(statement)
+        self.migrate("shard_checksums", 1, SHARD_CHECKSUMS)
+        self.migrate("set_last_used", 1, ["ALTER TABLE embedding_sets ADD COLUMN last_used REAL"])
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -205,20 +219,48 @@ class Store:
             found = con.execute("SELECT * FROM embedding_sets WHERE id=?", (set_id,)).fetchone()
         return dict(found)
 
-    def finished_shards(self, set_id: str) -> dict[int, tuple[int, list[str]]]:
-        """idx -> (rows, skipped paths) for every shard recorded finished whose files are present."""
-        folder = self.set_dir(set_id)
-        with self.connect(write=False) as con:
-            rows = con.execute("SELECT idx, rows, skipped FROM shards WHERE set_id=?", (set_id,)).fetchall()
-        out = {}
-        for r in rows:
-            if (folder / shard_name("image", r["idx"])).exists() and (folder / shard_name("label", r["idx"])).exists():
-                out[r["idx"]] = (r["rows"], json.loads(r["skipped"]))
-        return out
+    def finished_shards(self, set_id: str, verify: bool = True) -> dict[int, tuple[int, list[str]]]:
+        """idx -> (rows, skipped paths) for every shard recorded finished whose files are present.
 
-    def record_shard(self, set_id: str, idx: int, rows: int, skipped: list[str]) -> None:
+        verify: also check each file against its recorded size and sha256; a shard that fails (truncated,
+        altered, gone) is forgotten here, so the run that asked encodes it again.
+        """
+        with self.connect(write=False) as con:
+            rows = [dict(r) for r in con.execute("SELECT * FROM shards WHERE set_id=?", (set_id,))]
+        folder = self.set_dir(set_id)
+        bad = {r["idx"] for r in rows if shard_problem(folder, r, checksum=verify) is not None}
+        if bad:
+            self.forget_shards(set_id, sorted(bad))
+        return {r["idx"]: (r["rows"], json.loads(r["skipped"])) for r in rows if r["idx"] not in bad}
+
+    def shard_records(self, set_id: str) -> list[dict]:
+        """The registry rows of a set's shards (idx, rows, skipped, sizes and checksums), by index."""
+        with self.connect(write=False) as con:
+            return [dict(r) for r in con.execute("SELECT * FROM shards WHERE set_id=? ORDER BY idx", (set_id,))]
+
+    def forget_shards(self, set_id: str, shards: list[int]) -> None:
+        """Drop shards from the registry (their files failed a check): the set is partial until they are
+        encoded again."""
         with self.connect() as con:
-            con.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?)", (set_id, idx, rows, json.dumps(skipped)))
+            con.executemany("DELETE FROM shards WHERE set_id=? AND idx=?", [(set_id, i) for i in shards])
+            con.execute("UPDATE embedding_sets SET status='partial', updated=? WHERE id=?", (time.time(), set_id))
+
+    def record_shard(self, set_id: str, idx: int, rows: int, skipped: list[str],
+                     files: dict[str, tuple[int, str]] | None = None) -> None:
+        """Record a finished shard. files: kind -> (bytes, sha256) as `write_shard` returns them; None reads
+        them from the shard's files (a driver recording what workers wrote)."""
+        if files is None:
+            files = {kind: file_digest(self.set_dir(set_id) / shard_name(kind, idx)) for kind in SHARD_KINDS}
+        sums = [v for kind in SHARD_KINDS for v in files[kind]]
+        with self.connect() as con:
+            con.execute("INSERT OR REPLACE INTO shards (set_id, idx, rows, skipped, image_bytes, image_sha256, "
+                        "label_bytes, label_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (set_id, idx, rows, json.dumps(skipped), *sums))
+
+    def touch_set(self, set_id: str) -> None:
+        """Note that a set was read now (`iimm store ls` shows it as its last use)."""
+        with self.connect() as con:
+            con.execute("UPDATE embedding_sets SET last_used=? WHERE id=?", (time.time(), set_id))
 
     def mark_complete(self, set_id: str, n_rows: int, n_skipped: int) -> None:
         with self.connect() as con:
@@ -259,18 +301,25 @@ class Store:
     # ---- locks and file hashes ----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def lock(self, set_id: str) -> Iterator[None]:
-        """Exclusive lock on one embedding set across processes (waits for the holder to finish)."""
+    def lock(self, set_id: str, wait: bool = True) -> Iterator[bool]:
+        """Exclusive lock on one embedding set across processes (waits for the holder to finish).
+
+        wait=False: yields False at once, holding nothing, when another process holds the lock.
+        """
         path = self.root / "embeddings" / f"{set_id}.lock"
         with open(path, "a+b") as f:
             try:
                 import fcntl
             except ImportError:  # no flock (Windows): atomic renames still keep files whole
-                yield
+                yield True
                 return
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             try:
-                yield
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
@@ -312,6 +361,45 @@ class FileHashMemo(MutableMapping):
 def shard_name(kind: str, idx: int) -> str:
     """`image-00003.npy` / `label-00003.npy`: the names `load_embeddings` reads in order."""
     return f"{kind}-{idx:05d}.npy"
+
+
+def write_shard(folder: Path, idx: int, rows: np.ndarray, labels: np.ndarray) -> dict[str, tuple[int, str]]:
+    """Write a shard's `image-NNNNN.npy` (rows (n, D)) and `label-NNNNN.npy` (labels (n,) int64) atomically;
+    return kind -> (bytes, sha256) of what was written, for `Store.record_shard`."""
+    files = {}
+    for kind, array in (("image", rows), ("label", labels)):
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+        data = buf.getvalue()
+        write_atomic(Path(folder) / shard_name(kind, idx), data)
+        files[kind] = (len(data), hashlib.sha256(data).hexdigest())
+    return files
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(bytes, sha256 hex) of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return path.stat().st_size, digest.hexdigest()
+
+
+def shard_problem(folder: Path, record: dict, checksum: bool = True) -> str | None:
+    """What is wrong with a recorded shard's files in `folder` (missing, wrong size, wrong sha256), or None.
+
+    record: a `shards` row. checksum=False checks presence and size only (no read).
+    """
+    for kind in SHARD_KINDS:
+        path = folder / shard_name(kind, record["idx"])
+        if not path.is_file():
+            return f"{path.name} is missing"
+        size, sha = record.get(f"{kind}_bytes"), record.get(f"{kind}_sha256")
+        if size is not None and path.stat().st_size != size:
+            return f"{path.name} has {path.stat().st_size} bytes, {size} were written"
+        if checksum and sha is not None and file_digest(path)[1] != sha:
+            return f"{path.name} does not match the sha256 recorded when it was written"
+    return None
 
 
 def open_store(store) -> Store | None:

@@ -1,0 +1,145 @@
+"""Shard sizes and checksums in the registry, bad shards re-encoded, and `iimm store ls/check/rm/gc`."""
+
+import json
+import os
+import sqlite3
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from iimm.cli.main import cli
+from iimm.engine.embedding.extract import embed_dataset
+from iimm.engine.embedding.store import Store, file_digest, shard_name
+from iimm.engine.embedding.store_maintenance import collect_garbage, resolve_set_ids
+from iimm.errors import InputError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _rows(es) -> np.ndarray:
+    return np.concatenate([np.asarray(b) for b in es.image_blocks])
+
+
+@pytest.fixture
+def built(tmp_path, tiny_model_dir, digits_png_dir):
+    """A store with one finished set of 200 digits in shards of 64 rows; (store, model, data, es, info)."""
+    store = tmp_path / "store"
+    model = f"local-dir:{tiny_model_dir}"
+    es, info = embed_dataset(model, str(digits_png_dir), store=store, workers=0, shard_rows=64)
+    return store, model, str(digits_png_dir), _rows(es), info
+
+
+def _embed(built):
+    store, model, data, _, _ = built
+    return embed_dataset(model, data, store=store, workers=0, shard_rows=64)
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_registry_records_each_shard_files_size_and_sha256(built):
+    store, _, _, _, info = built
+    folder = store / "embeddings" / info.set_id
+    records = Store(store).shard_records(info.set_id)
+    assert [r["idx"] for r in records] == [0, 1, 2, 3]
+    for r in records:
+        for kind in ("image", "label"):
+            assert (r[f"{kind}_bytes"], r[f"{kind}_sha256"]) == file_digest(folder / shard_name(kind, r["idx"]))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip a byte", "delete"])
+def test_a_damaged_shard_is_encoded_again_never_read(built, damage):
+    store, _, _, want, info = built
+    path = store / "embeddings" / info.set_id / shard_name("image", 2)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        path.write_bytes(data[:len(data) // 2])
+    elif damage == "flip a byte":
+        data[-7] ^= 0xFF  # inside the rows: the file still loads as a valid array
+        path.write_bytes(bytes(data))
+    else:
+        path.unlink()
+    res = invoke("store", "check", "--store", str(store))
+    assert res.exit_code == 1 and "image-00002.npy" in res.stdout
+    es, again = _embed(built)
+    assert again.encoded == 64 and not again.cached  # shard 2 alone
+    np.testing.assert_array_equal(_rows(es), want)
+    assert invoke("store", "check", "--store", str(store)).exit_code == 0
+
+
+def test_a_registry_row_whose_files_are_gone_is_repaired(built):
+    import shutil
+
+    store, _, _, want, info = built
+    shutil.rmtree(store / "embeddings" / info.set_id)
+    res = invoke("store", "check", "--store", str(store))
+    assert res.exit_code == 1 and "folder is gone" in res.stdout
+    es, again = _embed(built)
+    assert again.encoded == 200
+    np.testing.assert_array_equal(_rows(es), want)
+    assert invoke("store", "check", "--store", str(store)).exit_code == 0
+
+
+def test_a_store_written_before_checksums_still_loads(built):
+    store, _, _, want, info = built
+    with sqlite3.connect(store / "registry.sqlite") as con:
+        con.execute("UPDATE shards SET image_bytes=NULL, image_sha256=NULL, label_bytes=NULL, label_sha256=NULL")
+    es, again = _embed(built)
+    assert again.cached
+    np.testing.assert_array_equal(_rows(es), want)
+
+
+def test_store_ls_rm_and_gc(built, tmp_path):
+    store, model, data, _, info = built
+    res = invoke("store", "ls", "--store", str(store), "--format", "json")
+    listed = json.loads(res.stdout)
+    assert [(s["id"], s["model"], s["data"], s["rows"], s["status"]) for s in listed] == \
+        [(info.set_id, model, data, 200, "complete")]
+    folder = store / "embeddings" / info.set_id
+    assert listed[0]["bytes"] == sum(p.stat().st_size for p in folder.iterdir())
+    table = invoke("store", "ls", "--store", str(store)).stdout
+    assert info.set_id in table and "1 sets" in table
+
+    # garbage: a killed write's temporary file, a folder no row owns, a partial set
+    temp = folder / ".image-00001.npy.abcd.tmp"
+    temp.write_bytes(b"half")
+    os.utime(temp, (0, 0))
+    orphan = store / "embeddings" / "0123456789abcdef01234567"
+    orphan.mkdir()
+    (orphan / "image-00000.npy").write_bytes(b"x")
+    st = Store(store)
+    st.open_set("partialset0000000000000", "key", st.get_set(info.set_id)["dataset_id"], dict(
+        model="m", architecture="a", pretrained=None, model_fingerprint="f", preprocess="p", classnames="[]",
+        templates="[]", dtype="fp16", shard_rows=8))
+    st.set_dir("partialset0000000000000").mkdir()
+    dry = invoke("store", "gc", "--store", str(store))
+    assert dry.exit_code == 0 and "pass --yes" in dry.stderr
+    assert temp.exists() and orphan.exists()  # a dry run removes nothing
+    assert invoke("store", "gc", "--store", str(store), "--yes").exit_code == 0
+    assert not temp.exists() and not orphan.exists() and not st.set_dir("partialset0000000000000").exists()
+    assert st.get_set("partialset0000000000000") is None
+    assert [s["id"] for s in json.loads(invoke("store", "ls", "--store", str(store), "--format", "json").stdout)] \
+        == [info.set_id]  # the finished set stays
+    assert invoke("store", "check", "--store", str(store)).exit_code == 0
+
+    # rm: dry run, then by prefix
+    assert "would remove" in invoke("store", "rm", info.set_id[:6], "--store", str(store)).stdout
+    assert folder.exists()
+    st.record_score_run({"iimm": 0.5}, input="x", embedding_set_id=info.set_id)
+    assert invoke("store", "rm", info.set_id[:6], "--store", str(store), "--yes").exit_code == 0
+    assert not folder.exists() and st.get_set(info.set_id) is None
+    with st.connect(write=False) as con:  # the score run keeps its scores
+        assert con.execute("SELECT embedding_set_id, scores FROM score_runs").fetchone()[:] == (None, '{"iimm": 0.5}')
+    with pytest.raises(InputError, match="matches no set"):
+        resolve_set_ids(st, ["zzzz"])
+
+
+def test_gc_leaves_a_set_another_run_is_writing(built):
+    store, _, _, _, info = built
+    st = Store(store)
+    st.forget_shards(info.set_id, [3])  # partial now
+    with st.lock(info.set_id):
+        removal = collect_garbage(st, dry_run=False)
+    assert removal.busy == [info.set_id] and (store / "embeddings" / info.set_id).exists()
