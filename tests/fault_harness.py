@@ -60,7 +60,7 @@ class Child:
         except ProcessLookupError:
             pass
 
-    def wait(self, timeout: float = 120) -> Finished:
+    def wait(self, timeout: float = 300) -> Finished:
         self.process.join(timeout)
         if self.process.exitcode is None:
             self.signal(signal.SIGKILL, group=True)
@@ -88,7 +88,7 @@ def shard_count(store: Path) -> int:
         con.close()
 
 
-def wait_for(predicate, child: Child, timeout: float = 120, poll: float = 0.01) -> None:
+def wait_for(predicate, child: Child, timeout: float = 600, poll: float = 0.01) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if not child.process.is_alive():

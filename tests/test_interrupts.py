@@ -26,7 +26,7 @@ def test_embed_stops_on_a_signal_keeps_its_shards_and_resumes(tmp_path, tiny_mod
     child = Child(argv, tmp_path)
     wait_for(lambda: shard_count(store) >= 2, child)
     child.signal(signum, group=group)  # group: the DataLoader worker gets it too, as from a terminal
-    done = child.wait(timeout=60)
+    done = child.wait()
     assert done.exitcode == 128 + signum
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"iimm: {'interrupted' if signum == signal.SIGINT else 'terminated'} ("), done.stderr
