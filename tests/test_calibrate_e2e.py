@@ -137,7 +137,7 @@ def test_calibration_computes_each_zero_shot_result_once(setup, tmp_path, monkey
             calls["zero-shot"].append((ds.fingerprint(), stage))
         return accuracy(tuned, ds, cls, transform, use_probe=use_probe, stage=stage, **kw)
 
-    import iimm.engine.scoring.scores as scores_mod
+    import iimm.engine.scoring.stored as scores_mod  # where fine-tuning's zero-shot scores call score()
     real_score, real_load = scores_mod.score, models_mod.load_model
 
     def counting_score(*a, **kw):
