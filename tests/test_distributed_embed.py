@@ -20,7 +20,7 @@ from iimm.engine.embedding.data import load_image_dataset, resolve_templates
 from iimm.engine.embedding.extract import embed_dataset
 from iimm.engine.embedding.models import resolve_model
 from iimm.engine.embedding.shard_units import ShardJob, marker_name, read_marker
-from iimm.engine.embedding.store import shard_name
+from iimm.engine.embedding.store import file_digest, shard_name
 
 SHARD, BATCH = 10, 5  # shards are whole batches: the unit path encodes exactly the batches of the local loop
 
@@ -56,7 +56,10 @@ def test_shard_job_as_a_plain_function_writes_the_local_shards_then_a_marker(tmp
     es, info = local_run
     job = _job(tiny_model_dir, small_digits, tmp_path, "fp-1", es.d)
     first = job(3)
+    files = first.pop("files")  # each file's size and sha256, for the driver to record
     assert first == {"shard": 3, "rows": SHARD, "skipped": [], "fingerprint": "fp-1", "encoded": True}
+    assert {kind: tuple(v) for kind, v in files.items()} == \
+        {kind: file_digest(tmp_path / shard_name(kind, 3)) for kind in ("image", "label")}
     local = Path(info.location)
     for kind in ("image", "label"):
         np.testing.assert_array_equal(np.load(tmp_path / shard_name(kind, 3)), np.load(local / shard_name(kind, 3)))

@@ -282,7 +282,7 @@ class _Run:
         done = [0, n - sum(min(n, (s + 1) * shard_rows) - s * shard_rows for s in todo), 0]  # encoded, items, skips
 
         def record(marker: dict) -> None:
-            st.record_shard(set_id, marker["shard"], marker["rows"], marker["skipped"])
+            st.record_shard(set_id, marker["shard"], marker["rows"], marker["skipped"], marker.get("files"))
             done[0] += marker["rows"] if marker.get("encoded") else 0
             done[1] += marker["rows"] + len(marker["skipped"])
             done[2] += len(marker["skipped"])

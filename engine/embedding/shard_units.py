@@ -2,7 +2,7 @@
 
 A worker encodes the items of its shard with the ordinary encoding loop, writes the shard's
 `image-NNNNN.npy` / `label-NNNNN.npy` atomically, and then, last, a done-marker
-`done-NNNNN.json` (rows, skipped paths, the set's image fingerprint). Workers never touch
+`done-NNNNN.json` (rows, skipped paths, the set's image fingerprint, each file's size and sha256). Workers never touch
 the SQLite registry: the driver records each finished shard from its marker (SQLite locks do
 not work across hosts or on network filesystems). A shard whose marker is there is not
 encoded again, so a rerun resumes; names are deterministic and writes idempotent, so a
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..distributed import Executor, UnitFailure, map_units, model_task_resources, ray_get, ray_put
-from ..files import write_json_atomic, write_npy_atomic
+from ..files import write_json_atomic
 from .models import ModelPool, ModelSpec
-from .store import shard_name
+from .store import shard_name, write_shard
 
 _WORKER_MODELS = ModelPool()  # per worker process: the model loads once for all the shards it encodes
 
@@ -77,9 +77,9 @@ class ShardJob:
         written: list[dict] = []
 
         def write(shard, rows, labels, skipped):
-            write_npy_atomic(folder / shard_name("image", shard), rows)
-            write_npy_atomic(folder / shard_name("label", shard), labels)
-            marker = {"shard": shard, "rows": len(rows), "skipped": list(skipped), "fingerprint": self.fingerprint}
+            files = write_shard(folder, shard, rows, labels)  # sizes and sha256s, for the driver to record
+            marker = {"shard": shard, "rows": len(rows), "skipped": list(skipped), "fingerprint": self.fingerprint,
+                      "files": files}
             write_json_atomic(folder / marker_name(shard), marker)  # last: the shard is done
             written.append(marker)
 
