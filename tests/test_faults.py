@@ -8,10 +8,10 @@ leave a hidden `.NAME.XXXX.tmp` beside it, which `iimm store gc` clears in the s
 point, reruns it to the end and requires the output to equal the uninterrupted one and the store to pass
 `iimm store check` (shards against their recorded sizes and checksums).
 
-IIMM_FAULT_TRIALS sets the trials per command (default 2: the CI-sized run); IIMM_FAULT_SEED the seed of
-the kill points. The figures are printed (run with -s):
+By default one trial per command runs (the CI size); IIMM_FAULT_TRIALS=N adds the big loop (marked
+slow) with N trials per command, IIMM_FAULT_SEED the seed of the kill points. The figures are printed:
 
-    IIMM_FAULT_TRIALS=20 python3 -m pytest tests/test_faults.py -q -s
+    IIMM_FAULT_TRIALS=20 python3 -m pytest tests/test_faults.py -q -s -k many
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ from fault_harness import Child, run
 from fixtures_finetune import one_patch_clip_config
 from fixtures_tiny import write_digits_png, write_local_dir
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TRIALS = int(os.environ.get("IIMM_FAULT_TRIALS", "2"))
+COMMANDS = ["embed", "score", "finetune", "calibrate", "screen"]
+CI_TRIALS = 1
+TRIALS = int(os.environ.get("IIMM_FAULT_TRIALS", "0"))  # the big loop: tens of trials per command
 SEED = int(os.environ.get("IIMM_FAULT_SEED", "0"))
 KILLS_PER_TRIAL = 2
 # Fields that say how a result was obtained (time taken, cache hits, epochs resumed, where files went),
@@ -57,7 +59,7 @@ def tasks(tmp_path_factory):
     return root, f"local-dir:{write_local_dir(root / 'model', one_patch_clip_config())}"
 
 
-TRAIN = ["--method", "full", "--epochs", "2", "--lr", "1e-4", "--batch-size", "8", "--backend", "torch"]
+TRAIN = ["--method", "full", "--lr", "1e-4", "--batch-size", "8", "--backend", "torch"]
 
 
 def command_line(name: str, root: Path, model: str, store: Path, out: Path) -> tuple[list[str], Path]:
@@ -70,10 +72,12 @@ def command_line(name: str, root: Path, model: str, store: Path, out: Path) -> t
         return ["score", "--model", model, "--data", str(root / "a"), "--shard-rows", "4", "--batch-size", "2",
                 "--backend", "torch", "--format", "json", "-o", str(out / "score.json"), *common], out / "score.json"
     if name == "finetune":
-        return ["finetune", "--model", model, "--data", str(root / "a"), *TRAIN, "--test-fraction", "0.25",
+        return ["finetune", "--model", model, "--data", str(root / "a"), *TRAIN, "--epochs", "2",
+                "--test-fraction", "0.25",
                 "--resume", "--format", "json", "-o", str(out / "ft.json"), *common], out / "ft.json"
     if name == "calibrate":
-        return ["calibrate", str(root / "catalog.toml"), "--model", model, *TRAIN, "--permutations", "0",
+        return ["calibrate", str(root / "catalog.toml"), "--model", model, *TRAIN, "--epochs", "1",
+                "--permutations", "0",
                 "-o", str(out / "cal.json"), *common], out / "cal.json"
     if name == "screen":
         return ["screen", str(root / "catalog.toml"), "--model", model, "--backend", "torch", "--format", "csv",
@@ -109,8 +113,20 @@ def store_problems(store: Path) -> list:
     return [p for p in check_store(Store(store)) if "temporary file" not in p.what]  # gc removes those
 
 
-@pytest.mark.parametrize("name", ["embed", "score", "finetune", "calibrate", "screen"])
+@pytest.mark.parametrize("name", COMMANDS)
 def test_killed_at_random_points_then_rerun_gives_the_uninterrupted_result(name, tasks, tmp_path):
+    """The CI-sized run: one trial (a SIGKILL and a SIGINT) per command."""
+    kill_and_rerun(name, tasks, tmp_path, CI_TRIALS)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TRIALS == 0, reason="the big loop runs with IIMM_FAULT_TRIALS=N (the CI-sized test runs always)")
+@pytest.mark.parametrize("name", COMMANDS)
+def test_many_kills(name, tasks, tmp_path):
+    kill_and_rerun(name, tasks, tmp_path, TRIALS)
+
+
+def kill_and_rerun(name: str, tasks, tmp_path: Path, trials: int) -> None:
     root, model = tasks
     rng = random.Random(f"{SEED}-{name}")
     base = tmp_path / "uninterrupted"
@@ -121,7 +137,7 @@ def test_killed_at_random_points_then_rerun_gives_the_uninterrupted_result(name,
     assert clean.exitcode in (0, 1), clean.stderr  # screen / calibrate exit 1 when one dataset fails
     want = result_of(output, base / "store")
     figures = {"trials": 0, "kills": 0, "killed_midway": 0, "identical": 0}
-    for trial in range(TRIALS):
+    for trial in range(trials):
         folder = tmp_path / f"trial-{trial}"
         folder.mkdir()
         store = folder / "store"
@@ -147,4 +163,4 @@ def test_killed_at_random_points_then_rerun_gives_the_uninterrupted_result(name,
         assert got == want, f"{name}: trial {trial} differs from the uninterrupted run"
         assert store_problems(store) == []
     print(f"\nfaults {name}: {figures}")
-    assert figures["identical"] == figures["trials"] == TRIALS
+    assert figures["identical"] == figures["trials"] == trials
