@@ -28,6 +28,17 @@ class TrainingProgress(ProgressBar):
             self.close()
             self.method = f"{m['task']} ({m['method']})"
             click.echo(f"iimm: run {done}/{total}: {m['task']} with {m['method']}", err=True)
+        elif stage == "resuming":
+            self.close()
+            if m.get("complete"):
+                what = f"seed {m.get('seed')} finished its {total} epochs there and is evaluated again"
+            else:
+                what = f"seed {m.get('seed')} continues after epoch {done}/{total}"
+            click.echo(f"iimm: resuming the interrupted identical run {m.get('run_id')}: {what} (--restart to "
+                       f"train afresh)", err=True)
+        elif stage == "warning":
+            self.close()
+            click.echo(f"iimm: warning: {m['message']}", err=True)
         elif stage == "setup":
             self.close()
             share = 100.0 * done / total if total else 0.0
@@ -96,7 +107,10 @@ def record_table(record: dict) -> str:
 @click.option("--ood-val",
               help="Out-of-domain validation images with the training classes (for --select-on ood).")
 @click.option("--task", help="Task name in the record [default: the name of --data].")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run with the same settings.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run with the same settings (the default; says so when it does).")
+@click.option("--restart", is_flag=True,
+              help="Discard what an identical earlier run left (checkpoints, resume state) and train afresh.")
 @click.option("--reuse", is_flag=True,
               help="Print the stored record of a finished run with the same settings and --eval tasks instead of "
                    "training again.")
@@ -106,14 +120,17 @@ def record_table(record: dict) -> str:
 @click.option("--output", "-o", type=click.Path(dir_okay=False), callback=writable_path,
               help="Write the result here instead of stdout.")
 @click.option("--progress/--no-progress", default=True, help="Progress bars and epoch lines on stderr.")
-def finetune(extract, training, method, test_path, test_fraction, eval_paths, ood_val, task, resume, reuse, device,
-             backend, fmt, output, progress):
+def finetune(extract, training, method, test_path, test_fraction, eval_paths, ood_val, task, resume, restart, reuse,
+             device, backend, fmt, output, progress):
     """--batch-size is the training batch (default 128, the papers') and the encoding batch.
     The record (JSON) and the checkpoints stay in the store (<store>/finetune/<run id>/),
-    where calibration reads them back; --resume continues an interrupted run.
+    where calibration reads them back. An interrupted identical run continues from its last finished
+    epoch (--restart discards it).
     """
     from ..engine.finetune import finetune as run_finetune
 
+    if resume and restart:
+        raise InputError("--resume and --restart contradict each other; pass one (resuming is the default)")
     if not extract.given:
         raise InputError("nothing to fine-tune; pass --model M --data PATH --method METHOD")
     extract.check()
@@ -132,6 +149,6 @@ def finetune(extract, training, method, test_path, test_fraction, eval_paths, oo
         result = run_finetune(extract.model, extract.data, method, pretrained=kw["pretrained"], config=cfg,
                               options=options, data_options=data_options, evaluation=evaluation,
                               seeds=training.seeds, seed=training.seed, device=device, workers=kw["workers"],
-                              store=kw["store"], resume=resume, reuse=reuse, progress=bar)
+                              store=kw["store"], restart=restart, reuse=reuse, progress=bar)
     record = {**result.record, "path": str(result.run_dir / "record.json")}
     emit(to_json(record) if fmt == "json" else record_table(record), output)

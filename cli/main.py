@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.Abort:
+    except click.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort outside standalone mode
+            click.echo("iimm: interrupted", err=True)
+            sys.exit(130)
         click.echo("iimm: aborted", err=True)
         sys.exit(1)
     except KeyboardInterrupt:  # SIGINT or SIGTERM (interrupts.Terminated): exit 130 or 143

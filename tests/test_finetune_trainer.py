@@ -167,6 +167,12 @@ def naive_accuracy(model_name, items, classnames):
     return float(np.mean(pred == np.array([it.label for it in items])))
 
 
+def naive_best_epoch(history: list[dict]) -> int:
+    """The epoch of highest validation accuracy; among those, the lowest validation loss; then the earliest."""
+    top = max(h["val_acc"] for h in history)
+    return min((h["val_loss"], h["epoch"]) for h in history if h["val_acc"] == top)[1]
+
+
 def test_full_finetune_learns_the_digits_and_records_it(tmp_path, one_patch_model, digits_png_dir, other_task):
     store = tmp_path / "store"
     cfg = TrainConfig(epochs=3, lr=1e-4, optimizer="adamw", batch_size=8, schedule="constant")
@@ -188,10 +194,9 @@ def test_full_finetune_learns_the_digits_and_records_it(tmp_path, one_patch_mode
     # trainable parameters: everything but the logit scale
     base = open_clip.create_model(one_patch_model)
     assert r["trainable_params"] == sum(p.numel() for n, p in base.named_parameters() if n != "logit_scale")
-    # best epoch = first maximum of validation accuracy, and the checkpoint holds it
+    # best epoch = highest validation accuracy, ties to the lower validation loss; the checkpoint holds it
     history = r["per_seed"][0]["history"]
-    vals = [h["val_acc"] for h in history]
-    assert len(history) == 3 and r["per_seed"][0]["best_epoch"] == 1 + int(np.argmax(vals))
+    assert len(history) == 3 and r["per_seed"][0]["best_epoch"] == naive_best_epoch(history)
     tuned, lm, info = load_finetuned(r["checkpoint"])
     tokens = prompt_tokens(lm.tokenizer, splits.test.classnames, [TEMPLATE], lm.device)
     acc = accuracy(tuned, splits.test, class_embeddings(tuned, tokens, 10), lm.preprocess, use_probe=True)
@@ -267,6 +272,30 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, one_patch_mode
     assert again.record["finetuned_acc"] == straight.record["finetuned_acc"]
 
 
+def test_a_rerun_resumes_an_interrupted_identical_run_by_default_and_restart_discards_it(tmp_path, one_patch_model,
+                                                                                         digits_png_dir):
+    cfg = TrainConfig(epochs=2, lr=1e-2, batch_size=32)
+    kw = dict(config=cfg, test_fraction=0.25, options=MethodOptions(rank=2), store=tmp_path, **FAST)
+
+    def stop_after_first_epoch(stage, done, total, metrics=None):
+        if stage == "epoch finished" and done == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        finetune(one_patch_model, str(digits_png_dir), "lora", progress=stop_after_first_epoch, **kw)
+    said = []
+    resumed = finetune(one_patch_model, str(digits_png_dir), "lora",
+                       progress=lambda stage, done, total, m=None: said.append((stage, done, total, m)), **kw)
+    assert resumed.record["per_seed"][0]["resumed_epochs"] == 1
+    assert ("resuming", 1, 2, {"seed": 0, "run_id": resumed.record["run_id"], "complete": False}) in said
+    said.clear()
+    fresh = finetune(one_patch_model, str(digits_png_dir), "lora", restart=True,
+                     progress=lambda stage, done, total, m=None: said.append(stage), **kw)
+    assert fresh.record["per_seed"][0]["resumed_epochs"] == 0 and "resuming" not in said
+    assert sum(s == "epoch finished" for s in said) == 2
+    assert fresh.record["finetuned_acc"] == resumed.record["finetuned_acc"]  # the same training either way
+
+
 def test_few_shot_seeds_select_on_out_of_domain_validation(tmp_path, one_patch_model, digits_png_dir, monkeypatch):
     import gc
     import weakref
@@ -295,7 +324,7 @@ def test_few_shot_seeds_select_on_out_of_domain_validation(tmp_path, one_patch_m
     assert r["std"]["finetuned_acc"] == pytest.approx(np.std(fts, ddof=1))
     for p in r["per_seed"]:
         vals = [h["val_acc"] for h in p["history"]]
-        assert p["val_acc"] == max(vals) and p["best_epoch"] == 1 + int(np.argmax(vals))
+        assert p["val_acc"] == max(vals) and p["best_epoch"] == naive_best_epoch(p["history"])
     assert r["trainable_params"] == 2 * 2 * 32 * (32 // 4)  # two adapters of Linear(32, 8) and Linear(8, 32)
 
 
@@ -351,3 +380,41 @@ def test_too_deep_train_blocks_fail_before_any_image_is_encoded(tmp_path, one_pa
     with pytest.raises(InputError, match="--train-blocks 5, but the model's towers have 2 and 2 blocks"):
         finetune(one_patch_model, str(digits_png_dir), "attention", options=MethodOptions(train_blocks=5),
                  test_fraction=0.25, store=tmp_path / "s", **FAST)
+
+
+# ---- epoch selection, validation size ----------------------------------------------------------------
+
+def test_tied_validation_accuracy_goes_to_the_lower_validation_loss():
+    from iimm.engine.finetune.trainer import is_better
+
+    assert is_better(0.6, 0.9, 0.5, 0.1)  # where accuracies differ, the papers' rule whatever the loss
+    assert not is_better(0.5, 0.1, 0.6, 0.9)
+    assert is_better(0.5, 0.4, 0.5, 0.5)
+    assert not is_better(0.5, 0.5, 0.5, 0.5) and not is_better(0.5, 0.6, 0.5, 0.5)
+    assert is_better(None, None, 0.5, 0.5) and is_better(0.5, 0.5, None, None)
+
+
+def test_epochs_of_equal_validation_accuracy_keep_the_lowest_validation_loss(tmp_path, tiny_model_dir,
+                                                                              digits_png_dir):
+    ds = load_image_dataset(str(digits_png_dir))
+    lm = load_model(f"local-dir:{tiny_model_dir}")
+    tokens = prompt_tokens(lm.tokenizer, ds.classnames, [TEMPLATE], lm.device)
+    cls = class_embeddings(tune_model(lm.model, "probe", MethodOptions()), tokens, 10)  # zero-shot init
+    lm = load_model(f"local-dir:{tiny_model_dir}")
+    tuned = tune_model(lm.model, "probe", MethodOptions(), class_embeddings=cls)
+    cfg = TrainConfig(epochs=3, lr=2e-4, batch_size=50).resolved("probe")  # too small a step to move an argmax
+    res = train_seed(tuned, ds, ds, tokens, 10, lm.preprocess, lm.preprocess, cfg, seed=0, folder=tmp_path / "s",
+                     checkpoint_info={}, workers=0)
+    assert len({h["val_acc"] for h in res.history}) == 1, res.history  # every epoch tied on accuracy
+    assert res.best_epoch == naive_best_epoch(res.history) != 1  # the papers' rule alone keeps epoch 1
+    assert res.val_images == len(ds)
+
+
+def test_a_small_validation_split_is_warned_about_and_counted(tmp_path, one_patch_model, digits_png_dir):
+    cfg = TrainConfig(epochs=1, lr=1e-3, batch_size=32)
+    stages = []
+    r = finetune(one_patch_model, str(digits_png_dir), "probe", config=cfg, test_fraction=0.25, store=tmp_path,
+                 progress=lambda stage, done, total, m=None: stages.append((stage, m)), **FAST).record
+    assert r["images"]["val"] == 20 and r["per_seed"][0]["val_images"] == 20  # 2 of 15 per class
+    assert len(r["warnings"]) == 1 and "validation split has 20 images" in r["warnings"][0]
+    assert ("warning", {"message": r["warnings"][0]}) in stages

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from ..embedding.data import ImageDataset, collate_skipping, fill_template
 from ...errors import InputError
@@ -23,11 +24,19 @@ Progress = Callable[..., None]
 
 @dataclass
 class Accuracy:
-    """Top-1 hits over the readable images of a dataset."""
+    """Top-1 hits over the readable images of a dataset; loss_sum: their summed cross-entropy."""
 
     correct: int
     total: int
     skipped: list[str] = field(default_factory=list)
+    loss_sum: float = 0.0
+
+    @property
+    def loss(self) -> float:
+        """Mean cross-entropy of the logits over the readable images."""
+        if self.total == 0:
+            raise InputError("no readable image to measure a loss on; check the evaluation data")
+        return self.loss_sum / self.total
 
     @property
     def value(self) -> float:
@@ -76,6 +85,7 @@ def accuracy(tuned, ds: ImageDataset, class_emb: torch.Tensor, transform: Callab
                                          num_workers=workers, collate_fn=collate_skipping,
                                          pin_memory=device.type == "cuda")
     correct = total = done = 0
+    loss_sum = torch.zeros((), dtype=torch.float64 if device.type != "mps" else torch.float32, device=device)
     skipped: list[str] = []
     try:
         with torch.no_grad(), autocast(device):
@@ -89,13 +99,14 @@ def accuracy(tuned, ds: ImageDataset, class_emb: torch.Tensor, transform: Callab
                         raise InputError(f"the model produced NaN/Inf outputs on {ds.root}; the run diverged "
                                          f"(lower --lr)")
                     correct += int((logits.argmax(dim=1).cpu() == labels).sum())
+                    loss_sum += F.cross_entropy(logits, labels.to(device), reduction="sum").to(loss_sum.dtype)
                     total += len(labels)
                     done += len(labels)
                 if progress is not None:
                     progress(stage, done, len(ds))
     finally:
         tuned.train(was_training)
-    return Accuracy(correct, total, skipped)
+    return Accuracy(correct, total, skipped, float(loss_sum))
 
 
 def outcome(zeroshot_acc: float, finetuned_acc: float, ood: dict[str, dict[str, float]]) -> dict:

@@ -20,11 +20,12 @@ from ..embedding.store import Store, open_store
 from ..files import write_json_atomic
 from .config import DataOptions, EvalOptions
 from .methods import MethodOptions, check_method, check_train_blocks
-from .records import finetune_root, index_record, read_record, run_id_of
+from .records import CHECKPOINT_FILE, RECORD_FILE, RESUME_FILE, finetune_root, index_record, read_record, run_id_of
 from .subsets import TaskSplits, split_task
 from .trainer import TrainConfig
 
 CONFIG_FORMAT = 2
+MIN_VAL_IMAGES = 100  # below, one image moves validation accuracy by more than a point
 
 
 def split_keywords(data: DataOptions | None, evaluation: EvalOptions | None,
@@ -135,7 +136,7 @@ def plan_run(model: str, data, method: str, *, pretrained: str | None, config: T
 
 def reused_record(plan: RunPlan, seeds: int, seed: int) -> dict | None:
     """The stored record of a finished run with the same seeds, evaluation tasks, task name and scores, if any."""
-    path = plan.run_dir / "record.json"
+    path = plan.run_dir / RECORD_FILE
     if not path.exists():
         return None
     done = read_record(path)
@@ -145,6 +146,23 @@ def reused_record(plan: RunPlan, seeds: int, seed: int) -> dict | None:
         return None
     index_record(done, path, plan.store)
     return done
+
+
+def discard_run(run_dir: Path) -> None:
+    """Remove what an earlier run with this id left: its record, and every seed's checkpoint and resume state."""
+    for path in [run_dir / RECORD_FILE, *run_dir.glob(f"seed-*/{RESUME_FILE}"),
+                 *run_dir.glob(f"seed-*/{CHECKPOINT_FILE}")]:
+        path.unlink(missing_ok=True)
+
+
+def validation_warning(plan: RunPlan) -> str | None:
+    """A warning when the validation split is too small to tell epochs apart, else None."""
+    val = plan.splits.val
+    if val is None or len(val) >= MIN_VAL_IMAGES:
+        return None
+    return (f"the validation split has {len(val)} images: its accuracy moves in steps of {1 / len(val):.3g}, too "
+            f"coarse to tell epochs apart (ties go to the lower validation loss); raise --val-fraction or pass "
+            f"--ood-val with at least {MIN_VAL_IMAGES} images")
 
 
 def eval_sets(evals) -> dict[str, EvalTask]:
@@ -170,5 +188,6 @@ def name_of(data) -> str:
     return p.stem if p.suffix.lower() in (".csv", ".jsonl") else p.name
 
 
-__all__ = ["DataOptions", "EvalOptions", "EvalTask", "RunPlan", "plan_run", "reused_record", "eval_sets",
+__all__ = ["DataOptions", "EvalOptions", "EvalTask", "RunPlan", "plan_run", "reused_record", "discard_run", "validation_warning",
+           "eval_sets",
            "name_of", "split_keywords"]

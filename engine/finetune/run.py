@@ -19,7 +19,8 @@ import torch
 
 from .evaluate import accuracy, class_embeddings, prompt_tokens, summarize_seeds
 from .methods import MethodOptions, TunedModel, tune_model
-from .plan import (DataOptions, EvalOptions, EvalTask, RunPlan, plan_run, reused_record, split_keywords)
+from .plan import (DataOptions, EvalOptions, EvalTask, RunPlan, discard_run, plan_run, reused_record,
+                   split_keywords, validation_warning)
 from .records import seed_dir, write_record
 from .subsets import few_shot_subset, subset
 from .trainer import SeedResult, TrainConfig, train_seed
@@ -37,8 +38,8 @@ class FinetuneResult:
 def finetune(model: str, data, method: str, *, pretrained: str | None = None, config: TrainConfig | None = None,
              options: MethodOptions | None = None, data_options: DataOptions | None = None,
              evaluation: EvalOptions | None = None, seeds: int = 1, seed: int = 0,
-             device: str | torch.device = "auto", workers: int | None = None, store=None, resume: bool = False,
-             reuse: bool = False, progress=None, **keywords) -> FinetuneResult:
+             device: str | torch.device = "auto", workers: int | None = None, store=None, resume: bool = True,
+             restart: bool = False, reuse: bool = False, progress=None, **keywords) -> FinetuneResult:
     """Fine-tune `model` on the images `data` with `method` and record what happened.
 
     data: a class-per-folder tree, a .csv/.jsonl manifest or an ImageDataset.
@@ -47,6 +48,9 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
     evaluation: how the baseline and accuracies are measured (EvalOptions). Their fields can
         also be given as keywords (`test_fraction=0.2`, `evals=[...]`, `score_backend="torch"`).
     seeds: runs with seeds seed, seed+1, …; the record holds their mean (and `std`).
+    resume: an identical run interrupted earlier (same run id) continues from its last finished epoch,
+        and its finished seeds are evaluated again rather than retrained; progress reports "resuming".
+    restart: discard what an identical earlier run left (checkpoints, resume states, record) and train afresh.
     reuse: return the stored record of a finished run with the same configuration, seeds and
         evaluation tasks (the same images, class names and prompts) instead of training again.
     progress: called as progress(stage, done, total) or progress(stage, done, total, metrics).
@@ -56,13 +60,20 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
     plan = plan_run(model, data, method, pretrained=pretrained, config=config, options=options,
                     data_options=data_options, evaluation=evaluation, seeds=seeds, device=device, workers=workers,
                     store=store)
-    if reuse:
+    if restart:
+        discard_run(plan.run_dir)
+    elif reuse:
         done = reused_record(plan, seeds, seed)
         if done is not None:
             return FinetuneResult(done, plan.run_dir, [])
+    warnings = [w for w in (validation_warning(plan),) if w]
+    if progress is not None:
+        for message in warnings:
+            progress("warning", 0, 0, {"message": message})
     baseline = zero_shot_baseline(plan, progress)
-    per_seed, results, counts = train_seeds(plan, baseline, seeds, seed, resume, progress)
+    per_seed, results, counts = train_seeds(plan, baseline, seeds, seed, resume and not restart, progress)
     record = build_record(plan, baseline, per_seed, counts, seeds, seed, time.perf_counter() - started)
+    record["warnings"] = warnings
     write_record(plan.run_dir, record, plan.store)
     return FinetuneResult(record, plan.run_dir, results)
 
@@ -221,8 +232,8 @@ def evaluate_seed(plan: RunPlan, baseline: Baseline, tuned: TunedModel, res: See
             ood_after[name] = accuracy(tuned, t.data, other_cls, lm.preprocess, use_probe=False,
                                        stage=f"seed {s} {name}", **kw).value
     return {"seed": s, "finetuned_acc": test_acc, "ood_test_acc": shifted_acc, "ood": ood_after,
-            "best_epoch": res.best_epoch,
-            "val_acc": res.best_val, "train_images": res.train_images, "skipped": len(res.skipped),
+            "best_epoch": res.best_epoch, "val_acc": res.best_val, "val_images": res.val_images,
+            "train_images": res.train_images, "skipped": len(res.skipped),
             "resumed_epochs": res.resumed_epochs, "checkpoint": str(res.checkpoint),
             "seconds": res.seconds, "history": res.history}
 

@@ -26,6 +26,7 @@ from ...errors import InputError
 from ..embedding.models import encode_dtype
 from .config import DEFAULT_LR, OPTIMIZERS, SCHEDULES, TrainConfig  # noqa: F401 - re-exported
 from .evaluate import accuracy, autocast, class_embeddings
+from .interrupt import StopSignals
 from .records import (CHECKPOINT_FILE, RESUME_FILE, RESUME_FORMAT, load_tensors, load_trainable, save_checkpoint,
                       save_tensors)
 
@@ -62,7 +63,10 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.
 
 @dataclass
 class SeedResult:
-    """What one seed's training did. history: one dict per epoch (loss, accuracies, lr, seconds)."""
+    """What one seed's training did. history: one dict per epoch (loss, accuracies, lr, seconds).
+
+    val_images: the readable images each validation measured (0 without validation).
+    """
 
     seed: int
     best_epoch: int
@@ -73,6 +77,7 @@ class SeedResult:
     checkpoint: Path
     resumed_epochs: int = 0
     seconds: float = 0.0
+    val_images: int = 0
 
 
 @dataclass
@@ -81,22 +86,90 @@ class _State:
     step: int = 0
     best_epoch: int = 0
     best_val: float | None = None
+    best_val_loss: float | None = None
+    val_images: int = 0
     history: list[dict] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     complete: bool = False
     scaler: dict = field(default_factory=dict)
 
 
+def is_better(val_acc: float | None, val_loss: float | None, best_acc: float | None,
+              best_loss: float | None) -> bool:
+    """Whether an epoch beats the best so far: strictly greater validation accuracy (the papers' rule), and
+    on equal accuracy a strictly lower validation loss. Without validation every epoch is (the last is kept)."""
+    if val_acc is None or best_acc is None:
+        return True
+    if val_acc != best_acc:
+        return val_acc > best_acc
+    return val_loss is not None and best_loss is not None and val_loss < best_loss
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """The shuffled order of one epoch, seeded by (seed, epoch): yields `(item seed, index)` pairs.
+
+    One DataLoader (with persistent workers) serves every epoch: `set_epoch` before iterating.
+    The item seed makes each image's augmentation depend only on (seed, epoch, index), not on
+    which worker decodes it or on what came before, so a resumed run continues exactly.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = int(size), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        key = epoch_seed(self.seed, self.epoch)
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(key)).tolist()
+        return iter([(key, i) for i in order])
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """A dataset read at `(item seed, index)` keys: each item is transformed under its own RNG seed; the
+    caller's RNG state is restored (in the main process it drives dropout)."""
+
+    def __init__(self, items: torch.utils.data.Dataset):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: tuple[int, int]):
+        seed, index = key
+        state = torch.get_rng_state()
+        torch.manual_seed((seed * 1_000_003 + index) % (2 ** 63))
+        try:
+            return self.items[index]
+        finally:
+            torch.set_rng_state(state)
+
+
 def train_seed(tuned, train_ds: ImageDataset, val_ds: ImageDataset | None, tokens: torch.Tensor, num_classes: int,
                train_transform: Callable, eval_transform: Callable, cfg: TrainConfig, *, seed: int, folder: Path,
                checkpoint_info: dict, resume: bool = False, workers: int = 0,
                progress: Progress | None = None) -> SeedResult:
-    """Train `tuned` on `train_ds`; keep the epoch with the best accuracy on `val_ds` (the last without it).
+    """Train `tuned` on `train_ds`; keep the best epoch on `val_ds` (see `is_better`; the last without it).
 
     tokens: (C·T, L) class-major prompt tokens of the task's classes. On return, `tuned`
     holds the parameters of the selected epoch. With resume, a finished seed is loaded
-    instead of trained and an interrupted one continues from its last finished epoch.
+    instead of trained and an interrupted one continues from its last finished epoch (reported
+    as progress("resuming", epochs done, epochs, {"seed", "run_id", "complete"})).
+    SIGINT / SIGTERM stop the run promptly (see `interrupt.StopSignals`); the epochs finished
+    before are kept for resume.
     """
+    with StopSignals() as stops:
+        return _train_seed(tuned, train_ds, val_ds, tokens, num_classes, train_transform, eval_transform, cfg,
+                           seed=seed, folder=Path(folder), checkpoint_info=checkpoint_info, resume=resume,
+                           workers=workers, progress=progress, stops=stops)
+
+
+def _train_seed(tuned, train_ds, val_ds, tokens, num_classes, train_transform, eval_transform, cfg: TrainConfig, *,
+                seed: int, folder: Path, checkpoint_info: dict, resume: bool, workers: int, progress,
+                stops: StopSignals) -> SeedResult:
     started = time.perf_counter()
     device = tokens.device
     params = tuned.named_trainable()
@@ -107,26 +180,29 @@ def train_seed(tuned, train_ds: ImageDataset, val_ds: ImageDataset | None, token
     steps_per_epoch = max(1, math.ceil(len(train_ds) / cfg.batch_size))
     total_steps = cfg.epochs * steps_per_epoch
     state = _State()
-    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     resume_path, best_path = folder / RESUME_FILE, folder / CHECKPOINT_FILE
     if resume and resume_path.is_file():
         state = _load_resume(resume_path, tuned, optimizer, names, scaler)
+        if progress is not None:
+            progress("resuming", state.epochs_done, cfg.epochs,
+                     {"seed": seed, "run_id": checkpoint_info.get("run_id"), "complete": state.complete})
         if state.complete:
             load_trainable(tuned, load_tensors(best_path, device)[0], str(best_path))
-            return SeedResult(seed, state.best_epoch, state.best_val, state.history, len(train_ds), state.skipped,
-                              best_path, state.epochs_done, time.perf_counter() - started)
+            return _result(seed, state, train_ds, best_path, state.epochs_done, started)
     resumed = state.epochs_done
     frozen_text = _frozen_text(tuned, tokens)
     skipped = set(state.skipped)
     stage = f"seed {seed}"
+    sampler = EpochSampler(len(train_ds), seed)
+    loader = torch.utils.data.DataLoader(
+        SeededItems(train_ds.torch_dataset(train_transform)), batch_size=cfg.batch_size, sampler=sampler,
+        num_workers=workers, persistent_workers=workers > 0, collate_fn=collate_skipping,
+        pin_memory=device.type == "cuda")
     for epoch in range(state.epochs_done, cfg.epochs):
         t_epoch = time.perf_counter()
-        torch.manual_seed(epoch_seed(seed, epoch))
-        generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-        loader = torch.utils.data.DataLoader(
-            train_ds.torch_dataset(train_transform), batch_size=cfg.batch_size, shuffle=True, generator=generator,
-            num_workers=workers, collate_fn=collate_skipping, pin_memory=device.type == "cuda")
+        torch.manual_seed(epoch_seed(seed, epoch))  # dropout
+        sampler.set_epoch(epoch)
         tuned.train()
         # running sums stay on the device: reading them every step would wait for the GPU three times a step
         loss_sum = torch.zeros((), dtype=torch.float64 if device.type != "mps" else torch.float32, device=device)
@@ -134,6 +210,7 @@ def train_seed(tuned, train_ds: ImageDataset, val_ds: ImageDataset | None, token
         finite = torch.ones((), dtype=torch.bool, device=device)
         seen, reported = 0, time.perf_counter()
         for batch, (images, labels, _, dropped) in enumerate(loader):
+            stops.check()
             skipped.update(train_ds.items[i].path for i in dropped)
             if images is None:
                 continue
@@ -159,30 +236,41 @@ def train_seed(tuned, train_ds: ImageDataset, val_ds: ImageDataset | None, token
                 progress(f"{stage} epoch {epoch + 1}/{cfg.epochs}", batch + 1, steps_per_epoch,
                          {"loss": float(loss_sum) / seen, "acc": int(hits) / seen, "lr": lr})
                 reported = time.perf_counter()
+        stops.check()
         if not seen:
             raise InputError(f"no readable training image in epoch {epoch + 1}; check the training data")
         _check_finite_loss(finite, seed, epoch, state.step)  # before anything of this epoch is saved
         loss_sum, hits = float(loss_sum), int(hits)
-        val_acc = None
+        val_acc = val_loss = None
         if val_ds is not None:
             val_cls = class_embeddings(tuned, tokens, num_classes)
-            val_acc = accuracy(tuned, val_ds, val_cls, eval_transform, use_probe=True, batch_size=cfg.batch_size,
-                               workers=workers, progress=progress, stage=f"{stage} validating").value
+            measured = accuracy(tuned, val_ds, val_cls, eval_transform, use_probe=True, batch_size=cfg.batch_size,
+                                workers=workers, progress=progress, stage=f"{stage} validating")
+            val_acc, val_loss, state.val_images = measured.value, measured.loss, measured.total
+            stops.check()
         state.history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": hits / seen,
-                              "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - t_epoch})
-        improved = val_acc is None or state.best_val is None or val_acc > state.best_val
-        if improved:
-            state.best_epoch, state.best_val = epoch + 1, val_acc
-            save_checkpoint(best_path, params, {**checkpoint_info, "epoch": epoch + 1, "val_acc": val_acc})
-        state.epochs_done, state.complete = epoch + 1, epoch + 1 == cfg.epochs
-        state.skipped, state.scaler = sorted(skipped), scaler.state_dict() if use_scaler else {}
-        _save_resume(resume_path, params, optimizer, names, state)
+                              "val_acc": val_acc, "val_loss": val_loss, "lr": lr,
+                              "seconds": time.perf_counter() - t_epoch})
+        improved = is_better(val_acc, val_loss, state.best_val, state.best_val_loss)
+        with stops.deferred():  # the epoch is kept whole: a signal here stops the run right after
+            if improved:
+                state.best_epoch, state.best_val, state.best_val_loss = epoch + 1, val_acc, val_loss
+                save_checkpoint(best_path, params, {**checkpoint_info, "epoch": epoch + 1, "val_acc": val_acc})
+            state.epochs_done, state.complete = epoch + 1, epoch + 1 == cfg.epochs
+            state.skipped, state.scaler = sorted(skipped), scaler.state_dict() if use_scaler else {}
+            _save_resume(resume_path, params, optimizer, names, state)
         if progress is not None:
             progress("epoch finished", epoch + 1, cfg.epochs, {**state.history[-1], "seed": seed, "best": improved})
+        stops.check()
     if state.best_epoch != state.epochs_done:
         load_trainable(tuned, load_tensors(best_path, device)[0], str(best_path))
+    return _result(seed, state, train_ds, best_path, resumed, started)
+
+
+def _result(seed: int, state: _State, train_ds: ImageDataset, best_path: Path, resumed: int,
+            started: float) -> SeedResult:
     return SeedResult(seed, state.best_epoch, state.best_val, state.history, len(train_ds), state.skipped,
-                      best_path, resumed, time.perf_counter() - started)
+                      best_path, resumed, time.perf_counter() - started, state.val_images)
 
 
 def _check_finite_loss(finite: torch.Tensor, seed: int, epoch: int, step: int) -> None:
