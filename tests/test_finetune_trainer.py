@@ -296,6 +296,35 @@ def test_a_rerun_resumes_an_interrupted_identical_run_by_default_and_restart_dis
     assert fresh.record["finetuned_acc"] == resumed.record["finetuned_acc"]  # the same training either way
 
 
+def test_resume_is_bit_identical_on_one_torch_thread_with_numba_scores(tmp_path, one_patch_model, digits_png_dir):
+    """The zero-shot scores (numba) run in the first run only; torch must train on the same single thread
+    (this module's fixture: torch.set_num_threads(1)) in both runs."""
+    cfg = TrainConfig(epochs=2, lr=1e-2, batch_size=32)
+    kw = dict(config=cfg, test_fraction=0.25, options=MethodOptions(rank=2), workers=0, score_backend="numba",
+              templates=[TEMPLATE])
+    threads = []
+
+    def watch(stage, done, total, metrics=None):
+        if stage == "epoch finished":
+            threads.append(torch.get_num_threads())
+
+    straight = finetune(one_patch_model, str(digits_png_dir), "lora", store=tmp_path / "a", progress=watch, **kw)
+
+    def stop_after_first_epoch(stage, done, total, metrics=None):
+        watch(stage, done, total, metrics)
+        if stage == "epoch finished" and done == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        finetune(one_patch_model, str(digits_png_dir), "lora", store=tmp_path / "b", progress=stop_after_first_epoch,
+                 **kw)
+    resumed = finetune(one_patch_model, str(digits_png_dir), "lora", store=tmp_path / "b", progress=watch, **kw)
+    assert threads == [1, 1, 1, 1] and resumed.record["per_seed"][0]["resumed_epochs"] == 1
+    a = load_file(str(straight.run_dir / "seed-0" / "last.safetensors"))
+    b = load_file(str(resumed.run_dir / "seed-0" / "last.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_few_shot_seeds_select_on_out_of_domain_validation(tmp_path, one_patch_model, digits_png_dir, monkeypatch):
     import gc
     import weakref
@@ -399,7 +428,7 @@ def test_epochs_of_equal_validation_accuracy_keep_the_lowest_validation_loss(tmp
     ds = load_image_dataset(str(digits_png_dir))
     lm = load_model(f"local-dir:{tiny_model_dir}")
     tokens = prompt_tokens(lm.tokenizer, ds.classnames, [TEMPLATE], lm.device)
-    cls = class_embeddings(tune_model(lm.model, "probe", MethodOptions()), tokens, 10)  # zero-shot init
+    cls = class_embeddings(tune_model(lm.model, "probe", num_classes=10), tokens, 10)  # zero-shot init
     lm = load_model(f"local-dir:{tiny_model_dir}")
     tuned = tune_model(lm.model, "probe", MethodOptions(), class_embeddings=cls)
     cfg = TrainConfig(epochs=3, lr=2e-4, batch_size=50).resolved("probe")  # too small a step to move an argmax
