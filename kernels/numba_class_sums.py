@@ -18,6 +18,7 @@ import numba
 import numpy as np
 import torch
 
+from .numba_rows import within_torch_threads
 from .numba_rows import (BLOCK_ROWS, HALF_TABLE, REASSOC, first_bad, inverse_norm, kernel_labels, kernel_rows,
                          num_blocks, row_sq_sum, value)
 from .reference import ClassSums
@@ -31,6 +32,7 @@ CLASS_BLOCK_ROWS = 2048  # rows per unit of the class-grouped kernel (two (D,) e
 PARALLEL_ADD_MIN_VALUES = 1 << 22  # extra partials larger than this are added in parallel
 
 
+@within_torch_threads
 def class_sums(rows, labels, num_classes: int) -> ClassSums:
     """rows: (n, D) float16/bf16/float32/float64; labels: (n,) int64 in [0, C) -> ClassSums.
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import numba_rows
+from .numba_rows import within_torch_threads
 from .numba_rows import (HALF_TABLE, REASSOC, compute_dtype, dot, first_bad, inverse_norm, kernel_labels,
                          kernel_rows, load_row, normalise_rows, num_blocks, readonly)
 from ..errors import InputError
@@ -28,6 +29,7 @@ FUSED_MAX_VALUES = 8192
 SIMS_BLOCK_VALUES = 1 << 21  # rows × K of one blocked product (8 MiB in float32)
 
 
+@within_torch_threads
 def cross_reduce(rows, labels, matrix, col_scale=None, col_valid=None) -> CrossReduce:
     """rows: (n, D) float; labels: (n,) int64 in [0, K); matrix: (K, D); col_scale: (K,) float;
     col_valid: (K,) bool -> CrossReduce (see `kernels.reference.CrossReduce`)."""

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from .numba_rows import within_torch_threads
 from .numba_rows import TINY, kernel_labels, kernel_rows, normalise_rows, readonly
 from .reference import PairwiseSums, check_pairwise_args
 
@@ -28,6 +29,7 @@ def power_mode(p: float) -> int:
     return {1.0: POWER_ONE, 0.0: POWER_LOG, 2.0: POWER_TWO, 0.5: POWER_HALF}.get(float(p), POWER_ANY)
 
 
+@within_torch_threads
 def pairwise_class_sums(queries, keys, key_labels, num_classes: int, *, metric: str = "euclidean", p: float = 1.0,
                         query_offset: int = 0, key_offset: int = 0, zero_eps: float = 0.0) -> PairwiseSums:
     """queries: (m, D), keys: (n, D), key_labels: (n,) int64 -> PairwiseSums (m, C).

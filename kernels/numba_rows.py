@@ -9,6 +9,7 @@ known to be available. Row norms are computed in float64.
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 
@@ -29,6 +30,27 @@ TINY = np.finfo(np.float64).tiny
 HALF_TABLE = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
 HALF_TABLE.flags.writeable = False
 BLOCK_ROWS = 256  # rows per scheduling unit of the row-parallel kernels
+
+
+def within_torch_threads(entry_point):
+    """Decorate a numba entry point: it runs on at most torch's intra-op thread count (which follows the user's
+    OMP_NUM_THREADS or torch.set_num_threads) and leaves torch's and numba's thread counts as it found them.
+
+    numba's OpenMP layer sets the process-wide OpenMP thread count when it launches, which torch shares: without
+    this, torch trains on every core after one numba call, whatever the user's limit (and a resumed run that
+    skips that call trains on other thread counts, so not bit-identically).
+    """
+    @functools.wraps(entry_point)
+    def run(*args, **kwargs):
+        torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+        numba.set_num_threads(max(1, min(numba_threads, torch_threads)))
+        try:
+            return entry_point(*args, **kwargs)
+        finally:
+            numba.set_num_threads(numba_threads)
+            torch.set_num_threads(torch_threads)
+
+    return run
 
 
 def _half_instruction_available() -> bool:

@@ -365,3 +365,26 @@ def test_get_backend_numba_uses_these_ops():
     assert backend.class_sums is numba_cpu.class_sums
     assert backend.cross_reduce is numba_cpu.cross_reduce
     assert backend.pairwise_class_sums is numba_cpu.pairwise_class_sums
+
+
+# ---------------------------------------------------------------- thread limits
+
+def test_entry_points_keep_to_torchs_thread_limit_and_give_it_back(threads, monkeypatch):
+    """numba's OpenMP launch used to raise torch's thread count to every core (under OMP_NUM_THREADS=1 too)."""
+    threads(numba.config.NUMBA_NUM_THREADS)
+    saved = torch.get_num_threads()
+    seen = []
+    real = numba_class_sums.partial_count
+    monkeypatch.setattr(numba_class_sums, "partial_count", lambda t, *a: seen.append(t) or real(t, *a))
+    rows, labels = make_rows(3000, 40, 4, np.float32, seed=5)
+    try:
+        torch.set_num_threads(1)
+        numba_cpu.class_sums(rows, labels, 4)
+        assert torch.get_num_threads() == 1 and seen == [1]  # numba ran on torch's one thread
+        numba_cpu.cross_reduce(rows, labels, rows[:4])
+        assert torch.get_num_threads() == 1
+        numba_cpu.pairwise_class_sums(rows[:50], rows, labels, 4)
+        assert torch.get_num_threads() == 1
+        assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS  # numba's own setting restored
+    finally:
+        torch.set_num_threads(saved)
