@@ -96,8 +96,8 @@ def record_table(record: dict) -> str:
 @extraction_options
 @training_options
 @click.option("--method", type=click.Choice(METHODS), required=True,
-              help="full, bitfit (block biases), attention (A-CLIP: Q/K/V input projections), lora (Q and V), "
-                   "adapter (CLIP-Adapter) or probe (linear head on frozen image features).")
+              help="full, bitfit (biases), attention (A-CLIP: Q/K/V input projections), lora (Q and V), "
+                   "adapter (CLIP-Adapter) or probe (linear head on frozen image features); see docs/finetuning.md.")
 @click.option("--test", "test_path",
               help="Test images with the training classes (folder or manifest).")
 @click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import click
 
-from ..engine.finetune.config import OPTIMIZERS, SCHEDULES, DataOptions, MethodOptions, TrainConfig
+from ..engine.finetune.config import (ADAPTER_TOWERS, BITFIT_SCOPES, LORA_STYLES, OPTIMIZERS, SCHEDULES, DataOptions,
+                                       MethodOptions, TrainConfig)
 from .option_group import option_group
 
 _TRAIN = TrainConfig()  # the CLI's defaults are the engine's
@@ -34,6 +35,9 @@ class TrainingOptions:
     lora_mlp: bool
     reduction: int
     train_blocks: int | None
+    lora_style: str
+    bitfit_scope: str
+    adapter_towers: str
 
     def config(self, batch_size: int = TRAIN_BATCH_DEFAULT) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, lr=self.lr, wd=self.wd, optimizer=self.optimizer,
@@ -43,7 +47,8 @@ class TrainingOptions:
 
     def method_options(self) -> MethodOptions:
         return MethodOptions(rank=self.rank, alpha=self.alpha, lora_mlp=self.lora_mlp, reduction=self.reduction,
-                             train_blocks=self.train_blocks)
+                             train_blocks=self.train_blocks, lora_style=self.lora_style,
+                             bitfit_scope=self.bitfit_scope, adapter_towers=self.adapter_towers)
 
 
 _OPTIONS = [
@@ -71,7 +76,16 @@ _OPTIONS = [
                  help="Choose the best epoch on in-domain validation, or on --ood-val."),
     click.option("--rank", type=click.IntRange(min=1), default=_METHOD.rank, show_default=True, help="LoRA rank."),
     click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=_METHOD.alpha, show_default=True,
-                 help="LoRA alpha (updates scaled by alpha/rank)."),
+                 help="LoRA alpha (--lora-style peft: updates scaled by alpha/rank)."),
+    click.option("--lora-style", type=click.Choice(LORA_STYLES), default=_METHOD.lora_style, show_default=True,
+                 help="paper: updates scaled by 0.2, A ~ N(0, 0.02²) (the IIMM paper's code); peft: scaled by "
+                      "alpha/rank, A Kaiming-uniform."),
+    click.option("--bitfit-scope", type=click.Choice(BITFIT_SCOPES), default=_METHOD.bitfit_scope,
+                 show_default=True,
+                 help="blocks: the biases inside the transformer blocks (the paper's code); all: every bias."),
+    click.option("--adapter-towers", type=click.Choice(ADAPTER_TOWERS), default=_METHOD.adapter_towers,
+                 show_default=True,
+                 help="CLIP-Adapter on both towers (the paper's code) or on the image tower only."),
     click.option("--lora-mlp", is_flag=True, help="LoRA also on every Linear of each block's MLP."),
     click.option("--reduction", type=click.IntRange(min=1), default=_METHOD.reduction, show_default=True,
                  help="CLIP-Adapter bottleneck reduction."),

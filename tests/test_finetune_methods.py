@@ -124,13 +124,14 @@ def test_lora_mlp_adds_every_mlp_linear():
     assert mlp and mlp <= owners
 
 
+@pytest.mark.parametrize("style,scale", [("peft", 5.0 / 2), ("paper", 0.2)])  # α/r with r=2, α=5; the fixed 0.2
 @pytest.mark.parametrize("family", ["clip", "siglip", "eva02-clip", "eva02-fused"])
-def test_lora_equals_the_merged_weight_and_never_writes_the_base(family):
+def test_lora_equals_the_merged_weight_and_never_writes_the_base(family, style, scale):
     model = fresh(family)
     reference = copy.deepcopy(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     r, alpha = 2, 5.0
-    tuned = tune_model(model, "lora", MethodOptions(rank=r, alpha=alpha))
+    tuned = tune_model(model, "lora", MethodOptions(rank=r, alpha=alpha, lora_style=style))
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for n, p in tuned.named_trainable().items():
@@ -149,7 +150,7 @@ def test_lora_equals_the_merged_weight_and_never_writes_the_base(family):
             w = ref_params[f"{owner}.{weight}"]
             third = w.shape[0] // 3
             rows = {"": slice(0, w.shape[0]), "_q": slice(0, third), "_v": slice(2 * third, 3 * third)}[role]
-            w[rows] += (alpha / r) * (b @ a)
+            w[rows] += scale * (b @ a)
     x, t = images_for(family), tokens_for(reference)
     tuned.eval(), reference.eval()
     with torch.no_grad():
@@ -320,3 +321,57 @@ def test_learning_rate_schedule_matches_its_definition():
     assert got[warm] == pytest.approx(base) and got[-1] < got[-2] < got[warm]
     assert [learning_rate(s, total, base, "constant", 2) for s in range(4)] == pytest.approx([0.05, 0.1, 0.1, 0.1])
     assert learning_rate(0, 1, base, "cosine", 0) == pytest.approx(base)
+
+
+# ---- the two readings of each method ---------------------------------------------------------------
+
+def test_the_papers_readings_are_the_defaults_and_name_the_run():
+    default = MethodOptions()
+    assert (default.lora_style, default.bitfit_scope, default.adapter_towers) == ("paper", "blocks", "both")
+    assert default.relevant("lora") == {"rank": 8, "lora_mlp": False, "lora_style": "paper"}  # α unused
+    assert MethodOptions(lora_style="peft").relevant("lora")["alpha"] == 16.0
+    assert default.relevant("bitfit") == {"bitfit_scope": "blocks"}
+    assert MethodOptions(adapter_towers="image").relevant("adapter") == {"reduction": 4, "adapter_towers": "image"}
+    with pytest.raises(InputError, match="--lora-style"):
+        trainable_parameters(fresh("clip"), "lora", lora_style="qlora")
+
+
+def test_paper_style_lora_draws_a_from_a_normal_of_std_0_02_and_scales_by_0_2():
+    from iimm.engine.finetune.lora import LowRankDelta
+
+    torch.manual_seed(0)
+    delta = LowRankDelta(torch.zeros(300, 400), [("", 0, 300)], rank=16, alpha=64.0, style="paper")
+    a = delta.lora_A.detach().double()
+    assert delta.scale == 0.2 and abs(a.mean()) < 1e-3 and abs(a.std() - 0.02) < 0.001
+    assert torch.count_nonzero(delta.lora_B) == 0
+    peft = LowRankDelta(torch.zeros(300, 400), [("", 0, 300)], rank=16, alpha=64.0, style="peft")
+    bound = 1 / math.sqrt(400)  # Kaiming-uniform with a = √5: U(−1/√in, 1/√in)
+    assert peft.scale == 4.0 and float(peft.lora_A.detach().abs().max()) <= bound
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_bitfit_scope_all_trains_every_bias_of_the_towers(family):
+    model = fresh(family)
+    names = [n for n, _ in model.named_parameters()]
+    expected = {n for n in names if re.search(r"(\.|_)bias$", n) and n != "logit_bias"
+                and not n.startswith("text_decoder.")}
+    got = set(trainable_parameters(model, "bitfit", bitfit_scope="all"))
+    assert got == expected
+    assert got > expected_names(fresh(family), family, "bitfit")  # more than the blocks' biases
+
+
+def test_bitfit_scope_all_includes_the_layer_norms_outside_the_blocks():
+    got = trainable_parameters(fresh("clip"), "bitfit", bitfit_scope="all")
+    assert {"visual.ln_pre.bias", "visual.ln_post.bias", "ln_final.bias"} <= set(got)
+    assert not {"visual.ln_pre.bias", "ln_final.bias"} & set(trainable_parameters(fresh("clip"), "bitfit"))
+
+
+def test_image_only_adapter_leaves_the_text_embeddings_as_the_model_makes_them():
+    model = fresh("clip")
+    reference = copy.deepcopy(model).eval()
+    tuned = tune_model(model, "adapter", MethodOptions(adapter_towers="image")).eval()
+    assert set(tuned.named_trainable()) == {"image_adapter.0.weight", "image_adapter.2.weight"}
+    t = tokens_for(reference)
+    with torch.no_grad():
+        expected = F.normalize(reference.encode_text(t).double(), dim=-1)
+        torch.testing.assert_close(tuned.encode_text(t).double(), expected, rtol=1e-6, atol=1e-7)

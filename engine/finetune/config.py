@@ -16,6 +16,9 @@ from ...errors import InputError
 METHODS = ("full", "bitfit", "attention", "lora", "adapter", "probe")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
+LORA_STYLES = ("paper", "peft")  # the IIMM paper's code (fixed scale 0.2, A ~ N(0, 0.02²)) or peft's (α/r, Kaiming)
+BITFIT_SCOPES = ("blocks", "all")  # the biases inside the transformer blocks (the paper's code), or every bias
+ADAPTER_TOWERS = ("both", "image")  # CLIP-Adapter on both towers (the paper's code), or the image tower only
 # Starting points inside the papers' grid (1e-5 … 1e-2); sweep --lr for real calibration runs.
 DEFAULT_LR = {
     "sgd": {"full": 1e-4, "attention": 1e-4, "bitfit": 1e-3, "lora": 1e-3, "adapter": 1e-2, "probe": 1e-2},
@@ -69,11 +72,16 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """Options of the methods; each method reads only its own.
+    """Options of the methods; each method reads only its own. The defaults are the IIMM paper's readings.
 
-    rank, alpha, lora_mlp: LoRA rank r, scale numerator α (update scaled by α/r), and
-        whether every Linear of each block's MLP is adapted too.
+    rank, alpha, lora_mlp: LoRA rank r, scale numerator α (peft style only), and whether every
+        Linear of each block's MLP is adapted too.
+    lora_style: "paper" (update scaled by a fixed 0.2, A ~ N(0, 0.02²)) or "peft" (scaled by α/r,
+        A Kaiming-uniform); the base weight stays frozen in both.
+    bitfit_scope: "blocks" (the biases inside the transformer blocks, the paper's code) or "all"
+        (every bias of both towers, the original BitFit).
     reduction: CLIP-Adapter bottleneck width = embed_dim // reduction (at least 1).
+    adapter_towers: "both" (an adapter on each tower, the paper's code) or "image" (CLIP-Adapter's own default).
     train_blocks: attention (A-CLIP) trains the first K blocks of each tower; None = all.
     """
 
@@ -82,10 +90,14 @@ class MethodOptions:
     lora_mlp: bool = False
     reduction: int = 4
     train_blocks: int | None = None
+    lora_style: str = "paper"
+    bitfit_scope: str = "blocks"
+    adapter_towers: str = "both"
 
     def relevant(self, method: str) -> dict:
         """The options that define a run of `method` (for records and run ids)."""
-        keys = {"lora": ("rank", "alpha", "lora_mlp"), "adapter": ("reduction",),
+        lora = ("rank", "lora_mlp", "lora_style") + (("alpha",) if self.lora_style == "peft" else ())
+        keys = {"lora": lora, "adapter": ("reduction", "adapter_towers"), "bitfit": ("bitfit_scope",),
                 "attention": ("train_blocks",)}.get(method, ())
         return {k: v for k, v in asdict(self).items() if k in keys}
 
@@ -98,6 +110,11 @@ class MethodOptions:
             raise InputError(f"--reduction must be at least 1, got {self.reduction}")
         if self.train_blocks is not None and self.train_blocks < 1:
             raise InputError(f"--train-blocks must be at least 1, got {self.train_blocks}")
+        for name, value, allowed in (("--lora-style", self.lora_style, LORA_STYLES),
+                                     ("--bitfit-scope", self.bitfit_scope, BITFIT_SCOPES),
+                                     ("--adapter-towers", self.adapter_towers, ADAPTER_TOWERS)):
+            if value not in allowed:
+                raise InputError(f"unknown {name} {value!r}; choose {' or '.join(allowed)}")
 
 
 @dataclass(frozen=True)

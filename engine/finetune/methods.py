@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from ...errors import InputError
-from .config import METHODS, MethodOptions  # noqa: F401 - re-exported
+from .config import ADAPTER_TOWERS, BITFIT_SCOPES, METHODS, MethodOptions  # noqa: F401 - re-exported
 from .lora import add_lora, fused_qv_blocks
 
 TOWER_METHODS = ("full", "bitfit", "attention", "lora")  # methods that change the towers' own computation
@@ -169,7 +169,8 @@ class TunedModel(nn.Module):
         self.image_adapter = self.text_adapter = self.probe = None
         if method == "adapter":
             self.image_adapter = clip_adapter(self.embed_dim, options.reduction)
-            self.text_adapter = clip_adapter(self.embed_dim, options.reduction)
+            if options.adapter_towers == "both":
+                self.text_adapter = clip_adapter(self.embed_dim, options.reduction)
         if method == "probe":
             self.probe = probe_head(self.embed_dim, num_classes, probe_init, self.logit_scale, self.logit_bias)
         device = next(model.parameters()).device
@@ -258,7 +259,8 @@ def probe_head(dim: int, num_classes: int | None, init: torch.Tensor | None, log
 
     Initialised from the zero-shot classifier when `init: (C, D)` unit class embeddings are
     given: weight = logit_scale · init, bias = the logit bias (0 without one), so the probe
-    starts exactly at zero-shot accuracy and can only be selected if it does better.
+    starts exactly at zero-shot accuracy. The untrained head is not a candidate epoch: as for
+    every method, the best of the trained epochs is kept, even one below zero-shot.
     """
     if init is not None:
         num_classes = init.shape[0]
@@ -294,12 +296,15 @@ def tune_model(model: nn.Module, method: str, options: MethodOptions | None = No
         for name, p in model.named_parameters():
             if name not in FROZEN_NAMES and not name.startswith(NON_CONTRASTIVE_PREFIXES):
                 p.requires_grad_(True)
+    elif method == "bitfit" and options.bitfit_scope == "all":
+        for name, p in model.named_parameters():
+            if _is_bias(name) and name not in FROZEN_NAMES and not name.startswith(NON_CONTRASTIVE_PREFIXES):
+                p.requires_grad_(True)
     elif method == "bitfit":
         for tower in towers:
             for _, block in tower.blocks:
                 for name, p in block.named_parameters():
-                    leaf = name.rsplit(".", 1)[-1]
-                    if leaf == "bias" or leaf.endswith("_bias"):
+                    if _is_bias(name):
                         p.requires_grad_(True)
     elif method == "attention":
         deepest = max(len(t.blocks) for t in towers)
@@ -328,15 +333,16 @@ def _attach_block_lora(block: nn.Module, qual: str, options: MethodOptions) -> N
     for proj in attention_projections(block, qual):
         if proj.role == "qkv":
             rows = getattr(proj.owner, proj.weight_name).shape[0]
-            add_lora(proj.owner, proj.weight_name, fused_qv_blocks(rows), options.rank, options.alpha)
+            add_lora(proj.owner, proj.weight_name, fused_qv_blocks(rows), options.rank, options.alpha,
+                     options.lora_style)
         elif proj.role in ("q", "v"):
-            add_lora(proj.owner, proj.weight_name, None, options.rank, options.alpha)
+            add_lora(proj.owner, proj.weight_name, None, options.rank, options.alpha, options.lora_style)
     if options.lora_mlp:
         linears = mlp_linears(block, qual)
         if not linears:
             raise InputError(f"block {qual} has no `mlp` with Linear layers; drop --lora-mlp for this model")
         for _, linear in linears:
-            add_lora(linear, "weight", None, options.rank, options.alpha)
+            add_lora(linear, "weight", None, options.rank, options.alpha, options.lora_style)
 
 
 def trainable_parameters(model: nn.Module, method: str, **options) -> dict[str, nn.Parameter]:
@@ -377,6 +383,11 @@ def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             name = f"{head}.{weight}" if head else weight
         out[name] = tensor
     return out
+
+
+def _is_bias(name: str) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    return leaf == "bias" or leaf.endswith("_bias")
 
 
 def _strip_model(name: str) -> str:

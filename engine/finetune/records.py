@@ -177,7 +177,9 @@ def load_finetuned(checkpoint: str | os.PathLike, device: str | torch.device = "
 
     tensors, info = read_checkpoint(checkpoint)
     lm = load_model(info["model"], info.get("pretrained"), device=device)
-    tuned = tune_model(lm.model, info["method"], MethodOptions(**info.get("options", {})),
+    # checkpoints written before the readings were options trained LoRA in peft's style
+    options = {"lora_style": "peft", **info.get("options", {})}
+    tuned = tune_model(lm.model, info["method"], MethodOptions(**options),
                        embed_dim=info["embed_dim"], logit_scale=info["logit_scale"], logit_bias=info.get("logit_bias"),
                        num_classes=info.get("num_classes"))
     load_trainable(tuned, tensors, str(checkpoint))
