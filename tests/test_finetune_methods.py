@@ -375,3 +375,35 @@ def test_image_only_adapter_leaves_the_text_embeddings_as_the_model_makes_them()
     with torch.no_grad():
         expected = F.normalize(reference.encode_text(t).double(), dim=-1)
         torch.testing.assert_close(tuned.encode_text(t).double(), expected, rtol=1e-6, atol=1e-7)
+
+
+# ---- the text tower in chunks ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_text_tower_encodes_in_chunks_with_the_same_values_and_gradients(method, monkeypatch):
+    import iimm.engine.finetune.methods as methods_mod
+
+    t = tokens_for(fresh("clip"), n=10)
+    results = []
+    for chunk in (10 ** 6, 3):  # one pass over every prompt, then chunks of 3 (4 chunks for 10 prompts)
+        monkeypatch.setattr(methods_mod, "TEXT_CHUNK", chunk)
+        torch.manual_seed(0)
+        tuned = tune_model(fresh("clip"), method, MethodOptions(rank=2)).train()
+        calls = []
+        real = tuned.model.encode_text
+        monkeypatch.setattr(tuned.model, "encode_text", lambda x, **kw: calls.append(len(x)) or real(x, **kw))
+        cls = tuned.class_embeddings(t, 5)  # 5 classes × 2 prompts
+        (cls * torch.randn(cls.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
+        grads = {n: p.grad.clone() for n, p in tuned.named_trainable().items() if p.grad is not None}
+        results.append((cls.detach(), grads, calls))
+        with torch.no_grad():
+            calls.clear()
+            torch.testing.assert_close(tuned.class_embeddings(t, 5), cls.detach(), rtol=1e-5, atol=1e-6)
+            assert calls == ([10] if chunk > 10 else [3, 3, 3, 1])
+    (whole, g_whole, c_whole), (chunked, g_chunked, c_chunked) = results
+    assert c_whole == [10] and c_chunked[:4] == [3, 3, 3, 1]  # then each chunk again in the backward pass
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    assert set(g_whole) == set(g_chunked) and any(n.startswith("transformer.") for n in g_whole)
+    for n in g_whole:
+        scale = float(g_whole[n].abs().max())  # float32 sums in another order: relative to the gradient's size
+        torch.testing.assert_close(g_chunked[n], g_whole[n], rtol=1e-4, atol=1e-5 * max(scale, 1e-3))

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
+from torch.utils.checkpoint import checkpoint
 
 from ...errors import InputError
 from .config import ADAPTER_TOWERS, BITFIT_SCOPES, METHODS, MethodOptions  # noqa: F401 - re-exported
@@ -37,6 +38,7 @@ BLOCK_CONTAINERS = ("resblocks", "blocks", "layer", "layers")
 FROZEN_NAMES = ("logit_scale", "logit_bias")
 NON_CONTRASTIVE_PREFIXES = ("text_decoder.",)
 ADAPTER_RESIDUAL_RATIO = 0.2
+TEXT_CHUNK = 256  # prompts per text-tower pass (as `encode_texts` encodes class texts for scoring)
 
 
 @dataclass(frozen=True)
@@ -196,9 +198,23 @@ class TunedModel(nn.Module):
         return F.normalize(f.float(), dim=-1)
 
     def text_tower(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: (n, L) -> (n, D) raw text-tower outputs (with gradients only when the towers train)."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.towers_train):
-            return self.model.encode_text(tokens, normalize=False)
+        """tokens: (n, L) -> (n, D) raw text-tower outputs (with gradients only when the towers train).
+
+        Encoded in chunks of TEXT_CHUNK prompts. With gradients, each chunk is recomputed in the
+        backward pass (activation checkpointing): memory holds one chunk's activations and the
+        (n, D) outputs, so C·T = 1 000 × 80 prompts train where the whole tower's activations would not fit.
+        """
+        grad = torch.is_grad_enabled() and self.towers_train
+        with torch.set_grad_enabled(grad):
+            if len(tokens) <= TEXT_CHUNK:
+                return self.model.encode_text(tokens, normalize=False)
+            chunks = tokens.split(TEXT_CHUNK)
+            if not grad:
+                return torch.cat([self.model.encode_text(c, normalize=False) for c in chunks])
+            return torch.cat([checkpoint(self._raw_text, c, use_reentrant=False) for c in chunks])
+
+    def _raw_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens, normalize=False)
 
     def finish_text(self, raw: torch.Tensor) -> torch.Tensor:
         """(n, D) raw text-tower outputs -> (n, D) unit text embeddings (adapter applied)."""
