@@ -5,8 +5,10 @@ callback whose exceptions are only reported (an at-fork hook run while a DataLoa
 forked prints "Exception ignored in: <function _releaseLock ...>"), the interrupt is lost and
 training runs on. `StopSignals` raises at once as usual and also remembers the signal, and
 `check()` (called between batches, before and after validation) raises it again when an earlier
-raise was swallowed. SIGINT raises KeyboardInterrupt (exit 130 at the command line), SIGTERM
-SystemExit(143), the shell's code for a process ended by SIGTERM.
+raise was swallowed. The exception is the one the handler installed before would raise (the
+command line's process-wide handler: it also records the signal for the exit code, 130 / 143);
+without one, SIGINT raises KeyboardInterrupt and SIGTERM SystemExit(143), the shell's code for a
+process ended by SIGTERM.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ class StopSignals:
         self.check()
 
     def _raise(self) -> None:
+        previous = self._previous.get(self.received)
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(self.received, None)  # the process-wide handler raises (and records) its own exception
         if self.received == signal.SIGTERM:
             raise SystemExit(SIGTERM_EXIT)
         raise KeyboardInterrupt
