@@ -21,7 +21,7 @@ without bound.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -30,7 +30,7 @@ from torch.nn.utils import parametrize
 from torch.utils.checkpoint import checkpoint
 
 from ...errors import InputError
-from .config import ADAPTER_TOWERS, BITFIT_SCOPES, METHODS, MethodOptions  # noqa: F401 - re-exported
+from .config import METHODS, MethodOptions  # noqa: F401 - re-exported
 from .lora import add_lora, fused_qv_blocks
 
 TOWER_METHODS = ("full", "bitfit", "attention", "lora")  # methods that change the towers' own computation

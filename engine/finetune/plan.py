@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
@@ -188,6 +188,6 @@ def name_of(data) -> str:
     return p.stem if p.suffix.lower() in (".csv", ".jsonl") else p.name
 
 
-__all__ = ["DataOptions", "EvalOptions", "EvalTask", "RunPlan", "plan_run", "reused_record", "discard_run", "validation_warning",
-           "eval_sets",
+__all__ = ["DataOptions", "EvalOptions", "EvalTask", "RunPlan", "plan_run", "reused_record", "discard_run",
+           "validation_warning", "eval_sets",
            "name_of", "split_keywords"]
