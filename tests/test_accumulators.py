@@ -165,3 +165,24 @@ def test_everything_reads_the_rows_once_per_pass():
     es.reads.clear()
     score(es, ["iimm", "acs", "zeroshot_top1", "gbc_spherical", "nce"], backend="torch", chunk_rows=64)
     assert es.reads == [400]
+
+
+def test_a_plan_travels_to_workers_and_their_states_come_back():
+    """The README's per-unit flow with every unit run on an unpickled copy of the plan (as a remote worker would)."""
+    import pickle
+
+    es = task(9)
+    be = get_backend("torch")
+    keys = resolve_keys("everything")
+    plan = ScorePlan(es, keys, ScoreOptions(quadratic_limit=100, baseline_sample=120), be.device)
+    for k in range(plan.num_passes):
+        shipped = pickle.dumps(plan)
+        parts = [run_pass(pickle.loads(shipped), k, es, be, 32, rows=r).state_dicts() for r in [(0, 71), (71, 150)]]
+        plan.add_pass(k, pickle.loads(pickle.dumps(parts)))
+    got = plan.finalise(es, be)
+    want = score(es, keys, backend="torch", quadratic_limit=100, baseline_sample=120).scores
+    assert list(got) == list(want)
+    for key in keys:
+        assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+    with pytest.raises(InputError, match="pass 9 does not exist"):
+        plan.new_accumulators(9)

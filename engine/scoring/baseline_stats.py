@@ -12,9 +12,7 @@ from .accumulator import Accumulator
 from .chunk import Chunk, unit_rows
 
 
-def normalise_rows(rows: np.ndarray, first_row: int = 0) -> np.ndarray:
-    """rows: (n, D) float -> (n, D) float64 unit rows, a new array (see `chunk.unit_rows`)."""
-    return unit_rows(rows, first_row)
+normalise_rows = unit_rows  # rows: (n, D) float -> (n, D) float64 unit rows, a new array
 
 
 def _chan_scatter(a: "GramStats", b: "GramStats") -> np.ndarray:
@@ -153,6 +151,10 @@ class LeepSum(Accumulator):
         self.log_sum = self.log_sum + np.log(expected).sum()
         self.rows = self.rows + len(chunk.labels)
 
+    def compute(self) -> float:
+        """LEEP: the mean log expected empirical prediction over the rows seen."""
+        return float(self.log_sum / self.rows)
+
 
 class ClassScatterStats(Accumulator):
     """Per-class Gram matrices about a fixed centre, for a group of classes (TransRate).
@@ -219,6 +221,10 @@ class SfdaProbabilitySum(Accumulator):
         prob = softmax(self.mixer.mixed_rows(chunk) @ self.coef.T + self.intercept)
         self.true_prob_sum = self.true_prob_sum + prob[np.arange(len(y)), y].sum()
         self.rows = self.rows + len(y)
+
+    def compute(self) -> float:
+        """SFDA: the refit's mean probability of the true class."""
+        return float(self.true_prob_sum / self.rows)
 
 
 def gram_matrix(a: np.ndarray) -> np.ndarray:

@@ -132,30 +132,24 @@ def inter_text(plan) -> float:
     return (float(lt["text_sum"] @ lt["text_sum"]) - float(t.square().sum())) / (c * (c - 1))
 
 
-def _zeroshot_hits(plan):
-    zs = plan.stat("zeroshot")
-    counts = torch.as_tensor(plan.counts)
-    return zs.top1.cpu().double(), zs.top5.cpu().double(), counts, int(counts.sum())
+def _zeroshot(plan) -> dict[str, float]:
+    return plan.memo("zeroshot", lambda: plan.stat("zeroshot").compute(plan.counts))
 
 
 def zeroshot_top1(plan) -> float:
-    top1, _, _, n = _zeroshot_hits(plan)
-    return float(top1.sum()) / n
+    return _zeroshot(plan)["top1"]
 
 
 def zeroshot_top5(plan) -> float:
-    _, top5, _, n = _zeroshot_hits(plan)
-    return float(top5.sum()) / n
+    return _zeroshot(plan)["top5"]
 
 
 def zeroshot_balanced(plan) -> float:
-    top1, _, counts, _ = _zeroshot_hits(plan)
-    present = counts > 0
-    return float((top1[present] / counts[present].double()).mean())
+    return _zeroshot(plan)["balanced"]
 
 
 def silhouette_class(plan) -> float:
-    return float(plan.stat("silhouette_class").s_sum) / plan.stat("class").n
+    return plan.stat("silhouette_class").compute()
 
 
 def silhouette_modality(plan) -> float:
@@ -203,8 +197,7 @@ def _zeroshot_source_note(plan) -> None:
 
 def leep(plan) -> float:
     _zeroshot_source_note(plan)
-    acc = plan.stat("leep")
-    return float(acc.log_sum / acc.rows)
+    return plan.stat("leep").compute()
 
 
 def nce_score(plan) -> float:
@@ -225,8 +218,7 @@ def gbc_diagonal(plan) -> float:
 
 
 def sfda(plan) -> float:
-    acc = plan.stat("sfda_refit")
-    return float(acc.true_prob_sum / acc.rows)
+    return plan.stat("sfda_refit").compute()
 
 
 def transrate_score(plan) -> float:

@@ -61,6 +61,13 @@ class ZeroShotStats(Accumulator):
         self.top1.index_add_(0, labels, (out.rank < 1).long())
         self.top5.index_add_(0, labels, (out.rank < 5).long())
 
+    def compute(self, counts: torch.Tensor) -> dict[str, float]:
+        """Top-1, top-5 and balanced accuracy given the class sizes counts (C,) of the rows seen."""
+        top1, top5, counts = self.top1.cpu().double(), self.top5.cpu().double(), torch.as_tensor(counts).cpu()
+        n, present = int(counts.sum()), counts > 0
+        return {"top1": float(top1.sum()) / n, "top5": float(top5.sum()) / n,
+                "balanced": float((top1[present] / counts[present].double()).mean())}
+
 
 class SilhouetteClassStats(Accumulator):
     """Pass 2 against the class sums: Σ_i s_i of the cosine silhouette of the label clustering.
@@ -86,6 +93,10 @@ class SilhouetteClassStats(Accumulator):
         a = ((n_own - 1.0) - (out.correct - out.sq_norm)) / (n_own - 1.0).clamp_min(1.0)
         b = 1.0 - out.best_other
         self.s_sum += silhouette_values(a, b, n_own).sum().to(self.s_sum.device)
+
+    def compute(self) -> float:
+        """The mean cosine silhouette over the whole set's rows (once every row has been seen)."""
+        return float(self.s_sum) / int(self.counts.sum())
 
 
 class SilhouetteModalityStats(Accumulator):
