@@ -126,12 +126,6 @@ def check_keys(es: EmbeddingSet, keys: list[str], options: ScoreOptions) -> None
     """The class requirements of every key (registry `min_classes`, `clustering`) and the baselines' options."""
     counts = np.bincount(es.label, minlength=es.c)
     nonempty = int(np.count_nonzero(counts))
-    baselines = [k for k in keys if REGISTRY[k].family == BASELINE]
-    if baselines:
-        options.check_baselines()
-        if nonempty < 2:
-            raise InputError(f"the transferability baselines need at least 2 classes with rows, the embeddings have "
-                             f"{nonempty}; add classes or leave {', '.join(baselines)} out of --metrics")
     for k in keys:
         spec = REGISTRY[k]
         if spec.family == BASELINE:
@@ -143,6 +137,12 @@ def check_keys(es: EmbeddingSet, keys: list[str], options: ScoreOptions) -> None
                              f"add classes or leave {k} out of --metrics")
         if spec.clustering:
             check_clustering(k, nonempty, es.n, "leave it out of --metrics")
+    baselines = [k for k in keys if REGISTRY[k].family == BASELINE]
+    if baselines:
+        options.check_baselines()
+        if nonempty < 2:
+            raise InputError(f"the transferability baselines need at least 2 classes with rows, the embeddings have "
+                             f"{nonempty}; add classes or leave {', '.join(baselines)} out of --metrics")
 
 
 def check_clustering(key: str, classes: int, rows: int, fix: str) -> None:
