@@ -8,7 +8,6 @@ statistics with `plan.stat(name)`; a quantity several finalisers share is comput
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from . import baseline_formulas as bf

@@ -20,13 +20,12 @@ from ... import __version__
 from ...errors import InputError
 from ...kernels import Backend, get_backend
 from ..embedding.embedding_set import EmbeddingSet
-from .options import (DEFAULT_QUADRATIC_LIMIT, TARGET_CHUNK_BYTES, ScoreOptions, check_label_sets,  # noqa: F401
-                      default_chunk_rows)
+from .options import DEFAULT_QUADRATIC_LIMIT, ScoreOptions, check_label_sets, default_chunk_rows  # noqa: F401
 from .pairwise import AllPairsEstimate
 from .chunk import Chunk
 from .passes import ScorePlan, run_pass, run_plan
-from .registry import (ALIASES, BASELINE, EMBEDDING, METRIC_GROUPS, REGISTRY, SCORES, STATISTICS,  # noqa: F401
-                       ScoreSpec, resolve_keys)
+from .registry import (BASELINE, METRIC_GROUPS, REGISTRY, SCORES, STATISTICS, ScoreSpec,  # noqa: F401
+                       resolve_keys)
 from .stats import ClassStats
 
 
