@@ -242,3 +242,22 @@ def write_wilds_iwildcam(root, rows, categories: list[str]) -> Path:
     (base / "metadata.csv").write_text("\n".join(lines) + "\n")
     (base / "categories.csv").write_text("y,name\n" + "\n".join(f"{i},{n}" for i, n in enumerate(categories)) + "\n")
     return Path(root)
+
+
+def write_stanford_cars(root, train, test, classnames: list[str]) -> Path:
+    """ROOT/stanford_cars: devkit/cars_meta.mat (class_names), devkit/cars_train_annos.mat and
+    cars_test_annos_withlabels.mat (annotations: fname, class 1-based), cars_train/ and cars_test/ images."""
+    from scipy.io import savemat
+
+    base = Path(root) / "stanford_cars"
+    (base / "devkit").mkdir(parents=True, exist_ok=True)
+    savemat(base / "devkit" / "cars_meta.mat", {"class_names": np.array(classnames, dtype=object)})
+    for images, folder, annos in ((train, "cars_train", base / "devkit" / "cars_train_annos.mat"),
+                                  (test, "cars_test", base / "cars_test_annos_withlabels.mat")):
+        (base / folder).mkdir(exist_ok=True)
+        table = np.zeros(len(images), dtype=[("fname", object), ("class", object)])
+        for k, (image, c) in enumerate(images):
+            Image.fromarray(image).save(base / folder / f"{k:05d}.jpg", quality=95)
+            table[k] = (f"{k:05d}.jpg", c + 1)
+        savemat(annos, {"annotations": table})
+    return Path(root)

@@ -165,3 +165,13 @@ def test_folder_layouts_resisc45_sun397_imagenet_variants(tmp_path):
     (tmp_path / "bad" / "imagenet-a" / "not-a-wnid").mkdir(parents=True)
     with pytest.raises(InputError, match="'not-a-wnid' is not an ImageNet wnid"):
         load_image_dataset(f"imagenet-a@{tmp_path / 'bad'}")
+
+
+def test_stanford_cars_annotations(tmp_path):
+    train, test = _split_images()
+    names = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Acura TL Sedan 2012"]
+    fx.write_stanford_cars(tmp_path, train, test, names)
+    ds = load_image_dataset(f"cars@{tmp_path}")
+    assert ds.classnames == names
+    assert [(it.label, it.split) for it in ds.items] == [(c, "train") for _, c in train] + [(c, "test") for _, c in test]
+    assert ds.items[0].path.endswith("stanford_cars/cars_train/00000.jpg")
