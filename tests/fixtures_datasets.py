@@ -261,3 +261,19 @@ def write_stanford_cars(root, train, test, classnames: list[str]) -> Path:
             table[k] = (f"{k:05d}.jpg", c + 1)
         savemat(annos, {"annotations": table})
     return Path(root)
+
+
+def write_wilds_fmow(root, rows) -> Path:
+    """ROOT/fmow_v1.1: RELEASE_v1.1.txt, rgb_metadata.csv (split,timestamp,country_code,category),
+    country_code_mapping.csv (alpha-3,region) and images/rgb_img_<k>.png. rows: (image, category, country
+    code, split as written, year); WILDS makes val/test from 2013 on out of domain."""
+    base = Path(root) / "fmow_v1.1"
+    (base / "images").mkdir(parents=True, exist_ok=True)
+    (base / "RELEASE_v1.1.txt").write_text("tiny\n")
+    lines = ["split,timestamp,country_code,category"]
+    for k, (image, category, country, split, year) in enumerate(rows):
+        Image.fromarray(image).save(base / "images" / f"rgb_img_{k}.png")
+        lines.append(f"{split},{year}-03-01T10:00:00Z,{country},{category}")
+    (base / "rgb_metadata.csv").write_text("\n".join(lines) + "\n")
+    (base / "country_code_mapping.csv").write_text("alpha-3,region\nUSA,Americas\nFRA,Europe\n")
+    return Path(root)

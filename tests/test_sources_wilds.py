@@ -112,3 +112,18 @@ def test_cli_finetune_reports_id_test_and_test_side_by_side(tmp_path, tiny_model
     assert record["hparams"]["templates"] == json.loads(
         (__import__("pathlib").Path(__import__("iimm").__file__).parent / "engine/embedding/templates/iwildcam.json")
         .read_text())
+
+
+def test_fmow_regions_and_time_splits(tmp_path):
+    im = fx.tiny_images(classes=1, per_class=1)[0][0]
+    rows = [(im, "airport", "USA", "train", 2010), (im, "barn", "FRA", "train", 2011),
+            (im, "airport", "FRA", "val", 2011), (im, "barn", "USA", "test", 2012),
+            (im, "barn", "USA", "val", 2014), (im, "airport", "FRA", "test", 2017)]
+    fx.write_wilds_fmow(tmp_path, rows)
+    ds = load_image_dataset(f"wilds:fmow@{tmp_path}")
+    assert [it.split for it in ds.items] == ["train", "train", "id_val", "id_test", "val", "test"]
+    assert [it.domain for it in ds.items] == ["Americas", "Europe", "Europe", "Americas", "Americas", "Europe"]
+    assert [ds.classnames[y] for y in ds.labels] == ["airport", "barn", "airport", "barn", "barn", "airport"]
+    assert len(ds.classnames) == 62 and ds.items[5].path.endswith("fmow_v1.1/images/rgb_img_5.png")
+    europe = load_image_dataset(f"wilds:fmow@{tmp_path}", domain="Europe", split="train")
+    assert len(europe) == 1
