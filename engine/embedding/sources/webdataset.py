@@ -57,6 +57,11 @@ def is_shard_spec(spec: str) -> bool:
 
 def load_shards(spec: str, classnames=None, label_key: str | None = None) -> ImageDataset:
     """The ImageDataset of a shard set; `classnames` (list or mapping) renames the classes."""
+    try:
+        import webdataset  # noqa: F401 - its key rule and brace expansion are used below
+    except ImportError as exc:
+        raise InputError(f"{spec}: webdataset shards need the webdataset package; pip install 'iimm[webdataset]'") \
+            from exc
     root = Path(spec).expanduser()
     if root.is_dir() and not _tars_in(root):
         splits = {name: _tars_in(root / name) for name in _split_folders(root)}
