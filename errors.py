@@ -14,14 +14,18 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def bad_row_error(index: int, row) -> InputError:
+class BadRowError(InputError):
+    """An image embedding row is all zeros or holds NaN/Inf; `score` names the file it came from."""
+
+
+def bad_row_error(index: int, row) -> BadRowError:
     """The one-line error for image row `index`, which is all zeros or holds NaN/Inf."""
     import numpy as np
 
     if hasattr(row, "detach"):  # a tensor, maybe on a GPU or in bfloat16
         row = row.detach().double().cpu().numpy()
     what = "has NaN or Inf values" if not np.all(np.isfinite(np.asarray(row, dtype=np.float64))) else "is all zeros"
-    return InputError(f"image embedding row {index} {what}; every row must be a finite, non-zero vector: drop that "
+    return BadRowError(f"image embedding row {index} {what}; every row must be a finite, non-zero vector: drop that "
                       f"row or re-extract its embedding")
 
 

@@ -15,7 +15,8 @@ from .render import emit, to_json, write_atomic, writable_path
 
 def embed_info_dict(es, info) -> dict:
     """The JSON-ready summary of an embedding run."""
-    return {"model": info.model, "pretrained": info.pretrained, "data": info.data, "n": es.n, "d": es.d, "c": es.c,
+    return {"model": info.model, "pretrained": info.pretrained, "data": info.data, "data_path": info.data_path,
+            "n": es.n, "d": es.d, "c": es.c,
             "images": info.images, "skipped": info.skipped, "cached": info.cached, "encoded": info.encoded,
             "location": info.location, "seconds": round(info.seconds, 6)}
 

@@ -73,13 +73,19 @@ class ExtractOptions:
                     store=self.store, use_cache=not self.no_cache, max_skip_frac=self.max_skip_frac,
                     shard_rows=self.shard_rows)
 
-    def embed(self, device: str = "auto", progress=None, executor=None):
-        """Run `embed_dataset` with these options -> (EmbeddingSet, EmbedInfo)."""
+    def dataset(self):
+        """The `ImageDataset` --data names (listed, not decoded), with --classnames, --split and --domain applied."""
+        from ..engine.embedding.data import load_image_dataset
+
+        return load_image_dataset(self.data, self.classnames, self.split, self.domain, self.label_key)
+
+    def embed(self, device: str = "auto", progress=None, executor=None, data=None):
+        """Run `embed_dataset` with these options -> (EmbeddingSet, EmbedInfo); `data`: an already listed dataset."""
         from ..engine.embedding.extract import embed_dataset
 
         self.check()
-        return embed_dataset(self.model, self.data, device=device, progress=progress, executor=executor,
-                             **self.embed_kwargs())
+        return embed_dataset(self.model, self.data if data is None else data, device=device, progress=progress,
+                             executor=executor, **self.embed_kwargs())
 
 
     def class_text_encoder(self, device: str = "auto"):

@@ -16,7 +16,10 @@ FORMATS = ("table", "json", "csv")
 
 def format_value(v) -> str:
     if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.6f}"
+        if math.isnan(v):
+            return "nan"
+        text = f"{v:.6f}"
+        return text[1:] if text == "-0.000000" else text  # a tiny negative rounds to 0, not -0
     return str(v)
 
 

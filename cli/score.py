@@ -24,7 +24,10 @@ def meaning(key: str) -> str:
 
 
 def report_table(result: dict) -> str:
-    head = (f"{result['input']}: N={result['n']} D={result['d']} C={result['c']}  "
+    skipped = len(result.get("skipped") or [])
+    unread = f" ({skipped} unreadable image{'s' if skipped != 1 else ''} skipped; --format json lists them)" \
+        if skipped else ""
+    head = (f"{result['input']}: N={result['n']}{unread} D={result['d']} C={result['c']}  "
             f"backend={result['backend']} ({result['device']})  {result['seconds']:.2f} s")
     rows = [[key, value, meaning(key)] for key, value in result["scores"].items()]
     lines = [head, "", table(rows, ["score", "value", "meaning"])]
@@ -114,8 +117,13 @@ def score(embeddings_path, label_column, extract, metrics, fmt, output, backend,
         es = load_embeddings(embeddings_path, class_texts=class_texts, label_column=label_column,
                              classnames=extract.classnames)
     elif extract.given:
+        from ..engine.scoring.scores import check_classes, resolve_keys
+
+        extract.check()
+        dataset = extract.dataset()  # its classes are checked before any image is encoded
+        check_classes(resolve_keys(metrics), dataset.class_counts(), dataset.classnames)
         with ProgressBar(unit="img", enabled=progress) as bar:
-            es, info = extract.embed(device=device, progress=bar)
+            es, info = extract.embed(device=device, progress=bar, data=dataset)
     else:
         raise InputError("no embeddings to score; pass --embeddings PATH, or --model M --data PATH")
     if run_on.executor != "ray":
@@ -124,7 +132,8 @@ def score(embeddings_path, label_column, extract, metrics, fmt, output, backend,
                                       **options)
     result = report.to_dict()
     if info is not None:
-        result.update(model=info.model, pretrained=info.pretrained, data=info.data, images=info.images,
+        result.update(model=info.model, pretrained=info.pretrained, data=info.data, data_path=info.data_path,
+                      images=info.images,
                       skipped=info.skipped, cached=info.cached)
         if info.set_id:
             open_store(extract.store).record_score_run(result["scores"], input=result["input"],

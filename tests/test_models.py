@@ -129,7 +129,7 @@ def test_weights_are_hashed_only_where_the_store_needs_the_fingerprint(tmp_path,
 def test_random_init_is_seeded_and_fingerprinted():
     name = _register("iimm-test-arch-random", tiny_model_config("clip"))
     a, b = load_model(name), load_model(name, pretrained="random")
-    assert a.pretrained is None and a.fingerprint == b.fingerprint
+    assert a.pretrained == b.pretrained == "random" and a.fingerprint == b.fingerprint  # recorded, never null
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(va, vb), k
 

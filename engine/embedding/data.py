@@ -89,6 +89,15 @@ class ImageDataset:
     def paths(self) -> list[str]:
         return [it.path for it in self.items]
 
+    def class_counts(self) -> np.ndarray:
+        """(C,) images per class (a class folder without images counts 0)."""
+        return np.bincount(self.labels, minlength=len(self.classnames))
+
+    @property
+    def root_path(self) -> str:
+        """`root` as an absolute path when it is a file or folder on disk (records keep both), else `root`."""
+        return os.path.abspath(self.root) if os.path.exists(self.root) else self.root
+
     def select(self, split: str | None = None, domain: str | None = None) -> "ImageDataset":
         """The items of one split and/or domain (classes unchanged)."""
         if split is None and domain is None:

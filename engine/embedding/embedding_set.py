@@ -20,6 +20,9 @@ FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 class EmbeddingSet:
     """Zero-shot embeddings of one task.
 
+    `EmbeddingSet(image, label, text)` takes arrays as scikit-learn users pass them: one (N, D)
+    array (or tensor) of image rows, labels and texts as any array-like (`from_arrays` is the same).
+
     Attributes:
         image_blocks: row blocks that stack to the image matrix `(N, D)`; each block is a
             NumPy array (possibly a `np.memmap`) of float16/float32/float64.
@@ -37,6 +40,12 @@ class EmbeddingSet:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if hasattr(self.image_blocks, "ndim") or hasattr(self.image_blocks, "detach"):  # one array, not a list
+            self.image_blocks = [_to_numpy(self.image_blocks)]
+        self.image_blocks = [b if isinstance(b, np.ndarray) else _to_numpy(b) for b in self.image_blocks]
+        if not isinstance(self.label, np.ndarray) or self.label.dtype != np.int64:
+            self.label = labels_int64(_to_numpy(self.label), self.source)
+        self.text = _to_numpy(self.text)
         self.image_blocks = [b for b in self.image_blocks if len(b) > 0] or list(self.image_blocks[:1])
         _validate(self)
         self.text = _normalise_text(np.asarray(self.text, dtype=np.float64))

@@ -48,6 +48,7 @@ class EmbedInfo:
         cached: True when no image was encoded by this run.
         location: the embeddings folder in the store, or None without the store.
         encoded: images encoded by this run (0 on a cache hit).
+        data: the data as given; data_path: the same as an absolute path when it is on disk.
     """
 
     model: str
@@ -61,6 +62,7 @@ class EmbedInfo:
     set_id: str | None = None
     seconds: float = 0.0
     meta: dict = field(default_factory=dict, repr=False)
+    data_path: str | None = None
 
 
 def embed_dataset(model: str | ModelSpec, data, *, pretrained: str | None = None, templates=None, template_file=None,
@@ -376,7 +378,8 @@ class _Run:
             self.progress(STAGE, done, total)
 
     def info(self, images, skipped, encoded, location, set_id, meta) -> EmbedInfo:
-        return EmbedInfo(model=self.spec.name, pretrained=self.spec.pretrained, data=self.ds.root, images=images,
+        return EmbedInfo(model=self.spec.name, pretrained=self.spec.pretrained, data=self.ds.root,
+                         data_path=self.ds.root_path, images=images,
                          skipped=list(skipped), cached=encoded == 0, location=str(location) if location else None,
                          encoded=encoded, set_id=set_id, meta=meta)
 

@@ -15,25 +15,29 @@ MODEL_ALIASES: dict[str, tuple[str, str]] = {
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One row of `iimm models`: an architecture with one pretrained tag."""
+    """One row of `iimm models`: an architecture with one pretrained tag, or with none (pretrained None:
+    open_clip knows the architecture but publishes no weights for it; --pretrained FILE or random)."""
 
     architecture: str
-    pretrained: str
+    pretrained: str | None
     alias: str | None
     cached: bool
 
 
 def list_model_entries(contains: str | None = None) -> list[ModelEntry]:
-    """Every open_clip (architecture, tag) pair, aliases first; `contains` filters by substring."""
+    """Every open_clip (architecture, tag) pair, aliases first, then every architecture without a tag;
+    `contains` filters by substring."""
     import open_clip
 
     alias_of = {v: k for k, v in MODEL_ALIASES.items()}
     pairs = list(MODEL_ALIASES.values()) + [p for p in open_clip.list_pretrained() if tuple(p) not in alias_of]
+    tagged = {arch for arch, _ in pairs}
+    pairs += [(arch, None) for arch in open_clip.list_models() if arch not in tagged]
     rows = []
     for arch, tag in pairs:
-        if contains and contains.lower() not in f"{arch} {tag} {alias_of.get((arch, tag), '')}".lower():
+        if contains and contains.lower() not in f"{arch} {tag or ''} {alias_of.get((arch, tag), '')}".lower():
             continue
-        rows.append(ModelEntry(arch, tag, alias_of.get((arch, tag)), is_cached(arch, tag)))
+        rows.append(ModelEntry(arch, tag, alias_of.get((arch, tag)), bool(tag) and is_cached(arch, tag)))
     return rows
 
 

@@ -53,7 +53,7 @@ class ModelSpec:
         name: the name as given (`clip`, `ViT-B-32`, `hf-hub:org/repo`, `local-dir:/path`).
         architecture: the open_clip name used to build it (built-in name, or the
             `hf-hub:` / `local-dir:` name itself).
-        pretrained: the tag or weights file; None for random (seeded) weights.
+        pretrained: the tag or weights file; "random" for random (seeded) weights.
         checkpoint: local path of the weights file, or None.
         model_cfg: the open_clip architecture config.
         preprocess_cfg: the eval preprocessing (size, mean, std, interpolation, resize_mode, fill_color).
@@ -145,6 +145,8 @@ def resolve_model(name: str, pretrained: str | None = None, *,
         preprocess_overlay = trained_as = _trained_as(name, architecture, pretrained, checkpoint)
         if trained_as.get("quick_gelu"):  # e.g. the openai tags: open_clip's plain config says GELU
             model_cfg = {**model_cfg, "quick_gelu": True}
+        if pretrained is None:  # records say "random", never null
+            pretrained = RANDOM_WEIGHTS
     preprocess_cfg = _final_preprocess_cfg(model_cfg, preprocess_overlay)
     return ModelSpec(name, architecture, pretrained, checkpoint, model_cfg, preprocess_cfg, hash_memo)
 
@@ -346,8 +348,19 @@ def _resolve_builtin_weights(name: str, architecture: str, pretrained: str | Non
     if os.path.isfile(pretrained):
         return pretrained
     tags = open_clip.list_pretrained_tags_by_model(architecture)
+    if looks_like_path(pretrained):
+        raise InputError(f"--pretrained file not found: {pretrained}; pass an existing .safetensors/.pt file, a tag "
+                         f"of {architecture} ({', '.join(tags) or 'it has none'}) or 'random'")
     raise InputError(f"--pretrained {pretrained!r} is neither a weights file nor a tag of {architecture}; "
                      f"tags: {', '.join(tags) or 'none'} (or 'random' for random weights)")
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+def looks_like_path(text: str) -> bool:
+    """True for a --pretrained value meant as a file (a folder separator or a weights suffix), not a tag."""
+    return os.sep in text or "/" in text or text.lower().endswith(WEIGHT_SUFFIXES)
 
 
 def _trained_as(name: str, architecture: str, pretrained: str | None, checkpoint: str | None) -> dict:
@@ -482,4 +495,5 @@ def _unavailable(name: str, what: str, exc: BaseException) -> ModelUnavailable:
     return ModelUnavailable(
         f"model {name!r}: {what} could not be downloaded ({reason}); supply it offline with --pretrained FILE "
         f"(a .safetensors file), --model local-dir:PATH (open_clip_config.json + weights), or by placing it in "
-        f"the Hugging Face cache (HF_HOME) from a machine with network access")
+        f"the Hugging Face cache (HF_HOME) from a machine with network access; to try iimm without weights, "
+        f"--pretrained {RANDOM_WEIGHTS} builds it with random weights (scores then mean nothing)")

@@ -247,7 +247,8 @@ def build_record(plan: RunPlan, baseline: Baseline, per_seed: list[dict], counts
     outcome = summarize_seeds(baseline.accuracy, baseline.ood_before, per_seed)
     return {"run_id": plan.run_id, "model": plan.model, "pretrained": plan.spec.pretrained,
             "architecture": plan.spec.architecture, "method": plan.method, "task": plan.task,
-            "data": str(splits.pool.root), "embedding_set_id": baseline.embedding_set_id,
+            "data": str(splits.pool.root), "data_path": splits.pool.root_path,
+            "embedding_set_id": baseline.embedding_set_id,
             "hparams": {**asdict(plan.cfg), **plan.options.relevant(plan.method), "seeds": seeds, "seed": seed,
                         "split_seed": plan.data.split_seed, "templates": plan.prompts, "test": splits.test_source,
                         "val": splits.val_source},

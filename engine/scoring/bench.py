@@ -189,8 +189,8 @@ def run_bench(n: int = 200_000, d: int = 512, c: int = 100, backends: Sequence[s
         if skip is None:
             try:
                 backend = get_backend(name, dev)
-            except IimmError as exc:
-                skip = f"skipped: {exc}"
+            except IimmError as exc:  # get_backend speaks of --backend; iimm bench takes --backends
+                skip = f"skipped: {exc}".replace("--backend ", "--backends ")
         for op, (op_rows, fn) in ops.items():
             if backend is None:
                 rows.append(BenchRow(op, name, op_rows, note=skip))

@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from ... import __version__
-from ...errors import InputError
+from ...errors import BadRowError, InputError
 from ...kernels import Backend, get_backend
 from ..embedding.embedding_set import EmbeddingSet
 from .options import DEFAULT_QUADRATIC_LIMIT, ScoreOptions, check_label_sets, default_chunk_rows  # noqa: F401
@@ -55,15 +55,17 @@ class ScoreReport:
         return out
 
 
-def score(embeddings: EmbeddingSet, keys: Iterable[str] | str | None = None, backend: str | Backend = "auto",
-          chunk_rows: int | None = None, *, device: str | None = None, gensil_p: float = 1.0,
+def score(embeddings, *positional, keys: Iterable[str] | str | None = None, backend: str | Backend = "auto",
+          chunk_rows: int | None = None, device: str | None = None, gensil_p: float = 1.0,
           sample: int | None = None, seed: int = 0, quadratic_limit: int | None = None,
           logit_scale: float | None = None, baseline_sample: int | None = None, label_embeddings=None,
           progress: Callable[[str, int, int], None] | None = None,
           on_estimate: Callable[[AllPairsEstimate], None] | None = None) -> ScoreReport:
     """Compute the requested scores of an embedding set, reading its rows once per pass for all of them.
 
-    embeddings: an `EmbeddingSet` (image rows (N, D), labels (N,), texts (C, D)).
+    Called as `score(es, keys, backend, chunk_rows)` with an `EmbeddingSet` (image rows (N, D),
+    labels (N,), texts (C, D)), or as `score(image, label, text, keys=...)` with arrays or tensors:
+    image (N, D) float, label (N,) int class indices, text (C, D) float.
     keys: output keys, groups ("all": the embedding scores `SCORES`, the default; "baselines":
         `TRANSFER_SCORES`; "everything") and aliases ("ncti", "gbc"); see `registry.resolve_keys`.
     sample: row count for the all-pairs scores (scikit-learn's `sample_size`); when None
@@ -75,6 +77,15 @@ def score(embeddings: EmbeddingSet, keys: Iterable[str] | str | None = None, bac
     on_estimate: told the expected time of the all-pairs scores before they start (`AllPairsEstimate`).
     """
     started = time.perf_counter()
+    if isinstance(embeddings, EmbeddingSet):
+        if len(positional) > 3:
+            raise TypeError("score(es, keys, backend, chunk_rows) takes at most 4 positional arguments")
+        keys, backend, chunk_rows = (*positional, *(keys, backend, chunk_rows)[len(positional):])
+    elif len(positional) == 2:
+        embeddings = EmbeddingSet.from_arrays(embeddings, *positional)
+    else:
+        raise InputError(f"score() got {1 + len(positional)} positional arrays; pass score(image (N, D), label (N,), "
+                         f"text (C, D), keys=...) or an EmbeddingSet")
     es = embeddings
     keys = resolve_keys(keys)
     options = score_options(es, keys, gensil_p=gensil_p, sample=sample, seed=seed, quadratic_limit=quadratic_limit,
@@ -83,8 +94,14 @@ def score(embeddings: EmbeddingSet, keys: Iterable[str] | str | None = None, bac
     be = backend if isinstance(backend, Backend) else get_backend(backend, device)
     chunk_rows = chunk_rows or default_chunk_rows(es.d, es.image_dtype.itemsize)
     report = ScoreReport({}, es.n, es.d, es.c, be.name, str(be.device), 0.0, es.source)
-    values, notes, sample_rows = evaluate(es, keys, options, be, chunk_rows, progress, on_estimate)
-    report.scores, report.notes, report.sample_rows = values, notes, sample_rows
+    try:
+        values, notes, sample_rows = evaluate(es, keys, options, be, chunk_rows, progress, on_estimate)
+    except BadRowError as exc:  # rows are checked as they stream by: say which file they came from
+        if not es.source or es.source.startswith("<"):
+            raise
+        raise BadRowError(f"{es.source}: {exc}") from exc
+    said = any(REGISTRY[k].family == BASELINE for k in keys)  # the baselines note their empty classes
+    report.scores, report.notes, report.sample_rows = values, class_notes(es, keys, said) + notes, sample_rows
     report.seconds = time.perf_counter() - started
     return report
 
@@ -125,23 +142,57 @@ def check_keys(es: EmbeddingSet, keys: list[str], options: ScoreOptions) -> None
     """The class requirements of every key (registry `min_classes`, `clustering`) and the baselines' options."""
     counts = np.bincount(es.label, minlength=es.c)
     nonempty = int(np.count_nonzero(counts))
-    for k in keys:
-        spec = REGISTRY[k]
-        if spec.family == BASELINE:
-            continue
-        have = nonempty if spec.clustering else es.c
-        if have < spec.min_classes:
-            what = "classes with rows" if spec.clustering else "classes"
-            raise InputError(f"{k} needs at least {spec.min_classes} {what}, the embeddings have {have}; "
-                             f"add classes or leave {k} out of --metrics")
-        if spec.clustering:
-            check_clustering(k, nonempty, es.n, "leave it out of --metrics")
+    check_classes([k for k in keys if REGISTRY[k].family != BASELINE], counts, es.classnames)
     baselines = [k for k in keys if REGISTRY[k].family == BASELINE]
     if baselines:
         options.check_baselines()
         if nonempty < 2:
             raise InputError(f"the transferability baselines need at least 2 classes with rows, the embeddings have "
                              f"{nonempty}; add classes or leave {', '.join(baselines)} out of --metrics")
+
+
+ONE_CLASS_SCORES = tuple(k for k, s in SCORES.items() if s.min_classes <= 1 and not s.clustering)
+"""The embedding scores that are defined on a task with a single class."""
+
+
+def check_classes(keys: Iterable[str], counts, classnames: Sequence[str] | None = None) -> None:
+    """Refuse embedding-score keys the classes cannot support, before any pass (and, from the CLI, before any
+    image is encoded). counts: (C,) rows (images) per class. A clustering score needs its `min_classes`
+    classes with rows, the others that many classes; the message names the scores that work with one class."""
+    counts = np.asarray(counts)
+    c, nonempty, n = len(counts), int(np.count_nonzero(counts)), int(counts.sum())
+    short = [k for k in keys if k in SCORES and (nonempty if SCORES[k].clustering else c) < SCORES[k].min_classes]
+    if short:
+        first, others = short[0], short[1:]
+        also = f" (as do {', '.join(others)})" if others else ""
+        names = f" ({', '.join(str(x) for x in classnames[:3])})" if classnames and c <= 3 else ""
+        has = f"{c} class{'es' if c != 1 else ''}{names}" + (f", {nonempty} with rows" if nonempty != c else "")
+        what = "classes with rows" if SCORES[first].clustering else "classes"
+        raise InputError(f"{first} needs at least {SCORES[first].min_classes} {what}{also}; the data has "
+                         f"{has}; add classes, or ask only for the scores that work with one class: "
+                         f"{', '.join(ONE_CLASS_SCORES)}")
+    for k in keys:
+        if k in SCORES and SCORES[k].clustering:
+            check_clustering(k, nonempty, n, "leave it out of --metrics")
+
+
+TOP_K = 5  # zeroshot_top5
+
+
+def class_notes(es: EmbeddingSet, keys: list[str], empty_said: bool = False) -> list[str]:
+    """What the numbers do not show: classes without rows (unless `empty_said`: the baselines say it), and a
+    top-5 accuracy that cannot miss."""
+    notes = []
+    empty = np.flatnonzero(np.bincount(es.label, minlength=es.c) == 0)
+    if len(empty) and not empty_said:
+        names = [es.classnames[i] if es.classnames else str(i) for i in empty[:5]]
+        notes.append(f"{len(empty)} of {es.c} classes have no images ({', '.join(names)}"
+                     f"{', …' if len(empty) > 5 else ''}): they count as classes (their texts are wrong-class texts "
+                     f"for every image) but add no rows")
+    if "zeroshot_top5" in keys and es.c <= TOP_K:
+        notes.append(f"zeroshot_top5 is 1 by construction with {es.c} ≤ {TOP_K} classes (every class is in the "
+                     f"top 5)")
+    return notes
 
 
 def check_clustering(key: str, classes: int, rows: int, fix: str) -> None:
