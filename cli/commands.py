@@ -35,6 +35,8 @@ COMMANDS: dict[str, CommandEntry] = {
                                                           "(init), or list the datasets iimm knows by name (list)."),
     "collect": CommandEntry("collect", "collect", "Flatten JSON results into one CSV: nested keys become dotted "
                                                   "columns, one row per object."),
+    "demo": CommandEntry("demo_cmd", "demo", "Write a tiny random model, small image tasks and a catalog to try every "
+                                             "command offline, in minutes on a CPU."),
     "bench": CommandEntry("bench", "bench", "Time class sums, cross reduce and the all-pairs pass per backend, "
                                             "beside the naive O(N²) peers."),
     "store": CommandEntry("store_cmd", "store", "List, check and clean the embedding store (ls, check, rm, gc)."),

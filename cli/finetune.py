@@ -44,6 +44,9 @@ class TrainingProgress(ProgressBar):
             share = 100.0 * done / total if total else 0.0
             click.echo(f"iimm: {self.method}: {done:,} trainable parameters of {total:,} ({share:.3g}%); seed "
                        f"{m.get('seed')}, {m.get('train_images')} training images", err=True)
+        elif stage == "reused":
+            self.close()
+            click.echo(f"iimm: {self.method}: reused the finished run {m.get('run_id')} from the store", err=True)
         elif stage == "epoch finished":
             if self.enabled:
                 self.close()

@@ -166,3 +166,73 @@ def test_small_progress_bars_count_plainly():
 
     line = tqdm.format_meter(0, 6, 0.0, prefix="validation", unit="it", bar_format=SMALL_BAR)
     assert "0/6" in line and "0.00" not in line and "?it/s" not in line
+
+
+# ---- item 12: a calibration that cannot be fitted says why once, and what to do ---------------------------
+
+def test_an_unfittable_method_gets_one_reason_with_advice():
+    from test_predict import make_records
+
+    from iimm.engine.calibration.runs import fit_method
+
+    records = [{**r, "gain": 0.1, "normalized_gain": 0.2, "forgetting": 0.0, "zeroshot_acc": 0.5, "finetuned_acc": 0.6,
+                "ood": {"p": {"before": 0.5, "after": 0.5}}} for r in make_records(n_tasks=3, model="local-dir:./tiny")]
+    calibration, reason = fit_method(records, "local-dir:./tiny", "lora", permutations=0)
+    assert calibration is None and "\n" not in reason
+    assert reason.count("no relation to fit") == 1 and "local-dir:./tiny/lora" not in reason
+    assert "for model 'local-dir:./tiny' with method 'lora'" in reason
+    assert "gain, normalized_gain and forgetting are each the same on all 3 tasks" in reason
+    assert "train longer (--epochs)" in reason and "more varied, tasks" in reason
+    assert "zero-shot accuracies seen: task0 0.500, task1 0.500, task2 0.500" in reason
+
+
+def test_calibrate_progress_says_a_run_was_reused(capsys):
+    from iimm.cli.finetune import TrainingProgress
+
+    with TrainingProgress("lora", enabled=False) as bar:
+        bar("task", 1, 3, {"task": "shapes", "method": "lora"})
+        bar("reused", 1, 1, {"run_id": "abc123"})
+    err = capsys.readouterr().err
+    assert "iimm: shapes (lora): reused the finished run abc123 from the store" in err
+
+
+# ---- item 13: screen's chart never mixes two measures on one axis ----------------------------------------
+
+def test_screen_chart_draws_gain_and_iimm_in_separate_panels(tmp_path):
+    from iimm.engine.calibration.plots import plot_screen, screen_panels
+    from iimm.engine.calibration.screen import ScreenResult, ScreenRow
+
+    def row(name, model, iimm, gain=None):
+        r = ScreenRow(name, model, {"iimm": iimm}, 10, True)
+        if gain is not None:
+            r.predictions["full"] = {"gain": {"value": gain, "low": gain - 0.1, "high": gain + 0.2}}
+        return r
+
+    rows = [row("a", "m2", 0.5), row("b", "m1", 0.5, gain=0.02), row("c", "m1", 0.6, gain=0.08), row("d", "m2", 0.7)]
+    gain, iimm = screen_panels(ScreenResult(rows, []).ranked)
+    assert gain.labels == ["c · m1", "b · m1"] and gain.values == [0.08, 0.02]
+    assert gain.errors == [pytest.approx((0.1, 0.2))] * 2 and "gain" in gain.xlabel
+    assert iimm.labels == ["d · m2", "a · m2"] and iimm.values == [0.7, 0.5] and iimm.errors is None
+    assert "IIMM" in iimm.xlabel
+    assert [p.labels for p in screen_panels([rows[0], rows[3]])] == [["d · m2", "a · m2"]]
+    assert plot_screen(rows, tmp_path / "s.png").stat().st_size > 0
+
+
+# ---- item 7: a tiny model and images, one command ----------------------------------------------------------
+
+def test_demo_writes_a_model_tasks_and_a_catalog_that_load(tmp_path):
+    from iimm.engine.calibration.catalog import load_catalog
+    from iimm.engine.demo import TASKS, write_demo
+    from iimm.engine.embedding.data import load_image_dataset
+    from iimm.engine.embedding.models import load_model
+
+    paths = write_demo(tmp_path / "try", images_per_class=4)
+    lm = load_model(f"local-dir:{paths['model']}")
+    assert lm.pretrained == str(paths["model"] / "open_clip_model.safetensors")
+    for task, classes in TASKS.items():
+        ds = load_image_dataset(paths[task])
+        assert ds.classnames == sorted(classes, key=str.lower) or set(ds.classnames) == set(classes)
+        assert list(ds.class_counts()) == [4] * len(classes)
+    assert [d.name for d in load_catalog(paths["catalog"]).targets] == list(TASKS)
+    again = write_demo(tmp_path / "again", images_per_class=4)  # seeded: the same bytes
+    assert (again["shapes"] / "circle" / "0.png").read_bytes() == (paths["shapes"] / "circle" / "0.png").read_bytes()

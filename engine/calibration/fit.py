@@ -275,8 +275,14 @@ def fit_calibration(records: Sequence[dict], model: str, method: str, score_key:
                 skipped[f"{key}/{outcome}"] = str(exc)
     fits = {k: v for k, v in fits.items() if v}
     if score_key not in fits:
-        raise InputError(f"no outcome could be fitted on {score_key} for {model}/{method}: "
-                         + "; ".join(v for k, v in skipped.items() if k.startswith(score_key + "/")))
+        why = {k.split("/", 1)[1]: v for k, v in skipped.items() if k.startswith(score_key + "/")}
+        same = [o for o, v in why.items() if "is the same on all" in v]
+        listed = ", ".join(same[:-1]) + (" and " if len(same) > 1 else "") + same[-1] if same else ""
+        parts = [f"{listed} {'is' if len(same) == 1 else 'are each'} the same on all {len(points)} "
+                 f"tasks, so there is no relation to fit"] if same else []
+        parts += [v for o, v in why.items() if o not in same]
+        raise InputError(f"no outcome could be fitted on {score_key} for model {model!r} with method {method!r}: "
+                         + "; ".join(parts))
     ranks = rank_correlations(points, keys, OUTCOMES, permutations=permutations, seed=seed)
     return Calibration(model, pretrained, method, score_key, points, fits, ranks, skipped)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -72,8 +72,36 @@ def save_figure_atomic(fig, path_png: str | os.PathLike) -> Path:
     return write_atomic(path_png, writer=lambda f: fig.savefig(f, format="png", dpi=120))
 
 
+class ScreenPanel(NamedTuple):
+    """One measure of the screen chart: bars (best first) with optional (below, above) interval half-widths."""
+
+    xlabel: str
+    labels: list[str]
+    values: list[float]
+    errors: list[tuple[float, float]] | None
+
+
+def screen_panels(rows: Sequence) -> list[ScreenPanel]:
+    """One panel per measure, never mixed on one axis: the calibrated rows' predicted gain (in the ranked
+    order), then the uncalibrated rows' IIMM (highest first)."""
+    calibrated = [r for r in rows if r.primary_gain() is not None]
+    others = sorted((r for r in rows if r.primary_gain() is None), key=lambda r: -r.iimm)
+    panels = []
+    if calibrated:
+        gains = [r.primary_gain() for r in calibrated]
+        panels.append(ScreenPanel("predicted in-domain gain (90% interval)",
+                                  [f"{r.dataset} · {r.model}" for r in calibrated], [g["value"] for g in gains],
+                                  [(g["value"] - g["low"], g["high"] - g["value"]) for g in gains]))
+    if others:
+        what = "IIMM of the models without a calibration" if calibrated else "IIMM"
+        panels.append(ScreenPanel(f"{what} (higher: more to gain and to forget)",
+                                  [f"{r.dataset} · {r.model}" for r in others], [r.iimm for r in others], None))
+    return panels
+
+
 def plot_screen(rows: Sequence, path_png: str | os.PathLike) -> Path:
-    """Horizontal bars of each dataset × model, ranked: predicted gain with its interval when calibrated, else IIMM.
+    """Horizontal bars of each dataset × model, ranked: predicted gain with its interval for calibrated models,
+    IIMM in a panel of its own for the others (see `screen_panels`).
 
     rows: `ScreenRow`s in the order to draw them (best first).
     """
@@ -82,24 +110,16 @@ def plot_screen(rows: Sequence, path_png: str | os.PathLike) -> Path:
 
     if not rows:
         raise InputError("no screened dataset to plot; check the catalog and the failures listed above")
-    calibrated = all(r.primary_gain() is not None for r in rows)
-    values, errors, labels = [], [], []
-    for r in rows:
-        labels.append(f"{r.dataset} · {r.model}")
-        if calibrated:
-            gain = r.primary_gain()
-            values.append(gain["value"])
-            errors.append((gain["value"] - gain["low"], gain["high"] - gain["value"]))
-        else:
-            values.append(r.iimm)
-    fig = Figure(figsize=(7.5, 1.2 + 0.35 * len(rows)), layout="constrained")
+    panels = screen_panels(rows)
+    heights = [len(p.values) + 1 for p in panels]
+    fig = Figure(figsize=(7.5, 0.8 + 0.35 * sum(heights) + 0.5 * len(panels)), layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    ys = np.arange(len(rows))[::-1]
-    xerr = np.array(errors).T if calibrated else None
-    ax.barh(ys, values, xerr=xerr, color="tab:blue" if calibrated else "tab:gray", capsize=3)
-    ax.set_yticks(ys, labels, fontsize=8)
-    ax.set_xlabel("predicted in-domain gain (90% interval)" if calibrated
-                  else "IIMM (higher: more to gain and to forget)")
-    ax.set_title("iimm screen")
+    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, panel in zip(axes, panels):
+        ys = np.arange(len(panel.values))[::-1]
+        xerr = np.array(panel.errors).T if panel.errors else None
+        ax.barh(ys, panel.values, xerr=xerr, color="tab:blue" if panel.errors else "tab:gray", capsize=3)
+        ax.set_yticks(ys, panel.labels, fontsize=8)
+        ax.set_xlabel(panel.xlabel)
+    axes[0].set_title("iimm screen")
     return save_figure_atomic(fig, path_png)

@@ -247,7 +247,15 @@ def fit_method(records: list[dict], model: str, method: str, permutations: int) 
         return fit_calibration(records, model, method, pretrained=records[0].get("pretrained"),
                                permutations=permutations), None
     except InputError as exc:
-        return None, str(exc)
+        return None, f"{exc}; {fit_advice(records)}"
+
+
+def fit_advice(records: list[dict]) -> str:
+    """What to change when a method's outcomes cannot be fitted, with the zero-shot accuracies seen."""
+    seen = ", ".join(f"{r.get('task')} {r['zeroshot_acc']:.3f}" for r in records
+                     if isinstance(r.get("zeroshot_acc"), (int, float)))
+    return ("train longer (--epochs) or with another --lr so that the tasks gain differently, or add more, and "
+            "more varied, tasks to the catalog" + (f" (zero-shot accuracies seen: {seen})" if seen else ""))
 
 
 def _task_runs(runs: TaskRuns | None, keywords: dict) -> TaskRuns:

@@ -65,6 +65,8 @@ def finetune(model: str, data, method: str, *, pretrained: str | None = None, co
     elif reuse:
         done = reused_record(plan, seeds, seed)
         if done is not None:
+            if progress is not None:
+                progress("reused", 1, 1, {"run_id": plan.run_id})
             return FinetuneResult(done, plan.run_dir, [])
     warnings = [w for w in (validation_warning(plan),) if w]
     if progress is not None:
