@@ -41,6 +41,7 @@ class CalibrationRun:
     records: dict[str, list[dict]] = field(default_factory=dict)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (task, method, one-line error)
     unfitted: dict[str, str] = field(default_factory=dict)
+    advice: dict[str, str] = field(default_factory=dict)  # per unfitted method, what to change (`fit_advice`)
 
 
 def task_data(ds: Dataset) -> tuple[str | ImageDataset, str | ImageDataset | None]:
@@ -144,6 +145,7 @@ def calibrate(catalog: Catalog, model: str, methods: Sequence[str], *, pretraine
             run.calibrations[method], reason = fit_method(records[method], model, method, permutations)
             if reason is not None:
                 run.unfitted[method] = reason
+                run.advice[method] = fit_advice(records[method])
         return run
     for m, method in enumerate(methods):
         records = []
@@ -163,6 +165,7 @@ def calibrate(catalog: Catalog, model: str, methods: Sequence[str], *, pretraine
         run.calibrations[method], reason = fit_method(records, model, method, permutations)
         if reason is not None:
             run.unfitted[method] = reason
+            run.advice[method] = fit_advice(records)
     return run
 
 
@@ -247,7 +250,7 @@ def fit_method(records: list[dict], model: str, method: str, permutations: int) 
         return fit_calibration(records, model, method, pretrained=records[0].get("pretrained"),
                                permutations=permutations), None
     except InputError as exc:
-        return None, f"{exc}; {fit_advice(records)}"
+        return None, str(exc)
 
 
 def fit_advice(records: list[dict]) -> str:
