@@ -117,7 +117,8 @@ def score(embeddings_path, label_column, extract, metrics, fmt, output, backend,
         es = load_embeddings(embeddings_path, class_texts=class_texts, label_column=label_column,
                              classnames=extract.classnames)
     elif extract.given:
-        from ..engine.scoring.scores import check_classes, resolve_keys
+        from ..engine.scoring.registry import resolve_keys
+        from ..engine.scoring.scores import check_classes
 
         extract.check()
         dataset = extract.dataset()  # its classes are checked before any image is encoded
