@@ -53,11 +53,15 @@ def test_an_interrupt_swallowed_where_it_landed_still_stops_training(tmp_path, t
             except KeyboardInterrupt:
                 lost.append(done)
 
-    with pytest.raises(KeyboardInterrupt):
-        train_seed(tuned, ds, None, tokens, 10, lm.preprocess_train, lm.preprocess, cfg, seed=0,
-                   folder=tmp_path / "s", checkpoint_info={}, workers=0, progress=swallowing)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever an earlier test installed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_seed(tuned, ds, None, tokens, 10, lm.preprocess_train, lm.preprocess, cfg, seed=0,
+                       folder=tmp_path / "s", checkpoint_info={}, workers=0, progress=swallowing)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert lost == [1] and epochs_done(tmp_path / "s" / "last.safetensors") == 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
 
 
 def test_one_training_loader_serves_every_epoch_and_workers_do_not_change_the_result(
