@@ -8,6 +8,7 @@ statistics with `plan.stat(name)`; a quantity several finalisers share is comput
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from . import baseline_formulas as bf
@@ -87,8 +88,10 @@ def linear_terms(plan) -> dict:
         sums, counts = stats.sums.double().cpu(), stats.counts.cpu()
         t = plan.text_tensor().double().cpu()
         n, c = int(counts.sum()), t.shape[0]
-        total, text_sum = sums.sum(0), t.sum(0)
-        correct = float((sums * t).sum())
+        # NumPy for the (C, D) reductions: one thread, so a busy core cannot stall them at a thread barrier
+        s, tn = sums.numpy(), t.numpy()
+        total, text_sum = torch.from_numpy(s.sum(0)), torch.from_numpy(tn.sum(0))
+        correct = float(np.einsum("cd,cd->", s, tn))
         intra = (float(total @ total) - float(stats.sq_norm_sum)) / (n * (n - 1))
         return dict(sums=sums, counts=counts, t=t, n=n, c=c, total=total, text_sum=text_sum, correct=correct,
                     intra=intra)
@@ -121,14 +124,16 @@ def iimm(plan) -> float:
 def uniformity_text(plan) -> float:
     lt = linear_terms(plan)
     rest = lt["n"] - lt["counts"].double()
-    per_class = ((lt["total"].unsqueeze(0) - lt["sums"]) * lt["t"]).sum(1) / rest.clamp_min(1.0)
+    t = lt["t"].numpy()
+    per_class = torch.from_numpy(lt["total"].numpy() @ t.T - np.einsum("cd,cd->c", lt["sums"].numpy(), t)
+                                 ) / rest.clamp_min(1.0)
     return float(per_class[rest > 0].mean())
 
 
 def inter_text(plan) -> float:
     lt = linear_terms(plan)
     t, c = lt["t"], lt["c"]
-    return (float(lt["text_sum"] @ lt["text_sum"]) - float(t.square().sum())) / (c * (c - 1))
+    return (float(lt["text_sum"] @ lt["text_sum"]) - float(np.einsum("cd,cd->", t.numpy(), t.numpy()))) / (c * (c - 1))
 
 
 def _zeroshot(plan) -> dict[str, float]:

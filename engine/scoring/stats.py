@@ -8,6 +8,7 @@ shards of one set give the whole set's result when merged. All sums are float64.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ...errors import bad_row_error
@@ -18,6 +19,16 @@ from .chunk import Chunk
 def _check_rows(first_bad: int, chunk: Chunk) -> None:
     if first_bad >= 0:
         raise bad_row_error(chunk.start + first_bad, chunk.rows[first_bad])
+
+
+def _add_into(total: torch.Tensor, part: torch.Tensor) -> None:
+    """total += part; on the CPU in NumPy (one thread: a busy core cannot stall it at a thread barrier)."""
+    part = part.to(total.device)
+    if total.device.type == "cpu":
+        t = total.numpy()
+        np.add(t, part.numpy(), out=t)
+    else:
+        total += part
 
 
 class ClassStats(Accumulator):
@@ -36,8 +47,8 @@ class ClassStats(Accumulator):
         be = chunk.backend
         out = be.class_sums(chunk.device_rows, chunk.device_labels, self.sums.shape[0])
         _check_rows(out.first_bad, chunk)
-        self.sums += out.sums.to(self.sums.device)
-        self.counts += out.counts.to(self.counts.device)
+        _add_into(self.sums, out.sums)
+        _add_into(self.counts, out.counts)
         self.sq_norm_sum += out.sq_norm_sum.to(self.sq_norm_sum.device)
 
     @property
