@@ -70,8 +70,11 @@ class UnitFailure:
 
 def map_units(fn: Callable[[Any], Any], units: Sequence, executor: "Executor | str | None" = None, *,
               resources: "dict | Callable[[Any], dict] | None" = None, on_result: Callable[[int, Any], None] | None = None,
-              on_failure: Callable[[int, UnitFailure], None] | None = None) -> list:
+              on_failure: Callable[[int, UnitFailure], None] | None = None, keep: bool = True) -> list:
     """fn(unit) for every unit; returns the results in unit order, a `UnitFailure` where a unit kept failing.
+
+    keep: False returns None in place of each result (on_result has consumed it), so that large results
+    merged as they come are not all held at once.
 
     A failing unit never stops the others. on_result(i, result) / on_failure(i, failure) are called on the
     driver as each unit finishes (in completion order under Ray).
@@ -80,12 +83,12 @@ def map_units(fn: Callable[[Any], Any], units: Sequence, executor: "Executor | s
     ex = as_executor(executor)
     units = list(units)
     if ex.is_ray:
-        return _map_ray(fn, units, ex, resources or {}, on_result, on_failure)
+        return _map_ray(fn, units, ex, resources or {}, on_result, on_failure, keep)
     out: list = []
     for i, unit in enumerate(units):
         result = _call_with_retries(fn, unit, ex.retries)
-        out.append(result)
         _report(i, result, on_result, on_failure)
+        out.append(result if keep or isinstance(result, UnitFailure) else None)
     return out
 
 
@@ -180,7 +183,7 @@ def model_task_resources(executor: Executor, device: str, cpus: int = 1) -> dict
     return {"num_gpus": 1, "num_cpus": cpus} if wants_gpu else {"num_cpus": cpus}
 
 
-def _map_ray(fn, units, ex: Executor, resources, on_result, on_failure) -> list:
+def _map_ray(fn, units, ex: Executor, resources, on_result, on_failure, keep: bool = True) -> list:
     ray = ensure_ray(ex.address)
     remote = ray.remote(_run_unit)
     fn_ref = ray.put(fn)  # the function (and what it closes over) goes to the object store once
@@ -203,8 +206,8 @@ def _map_ray(fn, units, ex: Executor, resources, on_result, on_failure) -> list:
                 pending[submit(units[i])] = (i, tries + 1)
                 continue
             result = UnitFailure(units[i], error, tries)
-        out[i] = result
         _report(i, result, on_result, on_failure)
+        out[i] = result if keep or isinstance(result, UnitFailure) else None
     return out
 
 

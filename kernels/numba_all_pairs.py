@@ -25,14 +25,16 @@ import torch
 
 from .numba_pairwise import POWER_HALF, POWER_LOG, POWER_ONE, POWER_TWO, power_mode
 from .numba_rows import REASSOC, TINY, kernel_labels, kernel_rows, normalise_rows
-from .reference import ALL_PAIRS_TILE, NEAR_COS_DISTANCE, AllPairsSums, check_pairwise_args, tile_pairs
+from .reference import (ALL_PAIRS_TILE, NEAR_COS_DISTANCE, AllPairsSums, check_pairwise_args, checked_tile_pairs,
+                        tile_pairs)
 
 PARTS_PER_THREAD = 4  # contiguous ranges of query rows per thread, each with its own column sums
 
 
 def all_pairs_class_sums(rows, labels, num_classes: int, *, euclidean: bool = True, cosine_p: float | None = None,
-                         zero_eps: float = 0.0, tile: int = ALL_PAIRS_TILE, progress=None) -> AllPairsSums:
-    """The contract of `kernels.reference.all_pairs_class_sums`, on NumPy arrays or CPU tensors."""
+                         zero_eps: float = 0.0, tile: int = ALL_PAIRS_TILE, progress=None, pairs=None) -> AllPairsSums:
+    """The contract of `kernels.reference.all_pairs_class_sums`, on NumPy arrays or CPU tensors. The tile
+    pairs (`pairs`) are those of the rows stably sorted by label (the rows of a label-sorted set as given)."""
     if cosine_p is not None:
         check_pairwise_args("cosine", cosine_p)
     arr = kernel_rows(rows)
@@ -52,7 +54,7 @@ def all_pairs_class_sums(rows, labels, num_classes: int, *, euclidean: bool = Tr
     p = 1.0 if cosine_p is None else float(cosine_p)
     mode = power_mode(p)
     near_dot = 1.0 - max(NEAR_COS_DISTANCE, 10.0 * float(zero_eps))  # every other pair counts
-    todo = tile_pairs(n, tile)
+    todo = tile_pairs(n, tile) if pairs is None else checked_tile_pairs(pairs, n, tile)
     col_e = col_c = np.zeros((0, 0, 0))
     for done, (i0, j0) in enumerate(todo, 1):
         i1, j1 = min(n, i0 + tile), min(n, j0 + tile)
@@ -79,10 +81,22 @@ def all_pairs_class_sums(rows, labels, num_classes: int, *, euclidean: bool = Tr
     sums_e = torch.from_numpy(out_e[back]) if do_e else None
     if not do_c:
         return AllPairsSums(sums_e, None, None)
-    counts = np.bincount(lab, minlength=c).astype(np.int64)
-    pairs = counts[None, :] - skipped_c
-    pairs[np.arange(n), lab] -= 1  # a row is not its own pair
-    return AllPairsSums(sums_e, torch.from_numpy(out_c[back]), torch.from_numpy(pairs[back]))
+    counted = _pairs_per_class(lab, c, todo, tile) - skipped_c
+    return AllPairsSums(sums_e, torch.from_numpy(out_c[back]), torch.from_numpy(counted[back]))
+
+
+def _pairs_per_class(lab: np.ndarray, c: int, todo: list, tile: int) -> np.ndarray:
+    """(n, C) int64: for each row, how many rows of each class the tile pairs `todo` pair it with."""
+    n = lab.shape[0]
+    out = np.zeros((n, c), dtype=np.int64)
+    for i0, j0 in todo:
+        i1, j1 = min(n, i0 + tile), min(n, j0 + tile)
+        out[i0:i1] += np.bincount(lab[j0:j1], minlength=c)
+        if i0 == j0:
+            out[np.arange(i0, i1), lab[i0:i1]] -= 1  # a row is not its own pair
+        else:
+            out[j0:j1] += np.bincount(lab[i0:i1], minlength=c)
+    return out
 
 
 def _runs(lab: np.ndarray) -> np.ndarray:

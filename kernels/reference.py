@@ -209,6 +209,15 @@ def tile_pairs(n: int, tile: int) -> list[tuple[int, int]]:
     return [(i0, j0) for i0 in starts for j0 in starts if j0 >= i0]
 
 
+def checked_tile_pairs(pairs, n: int, tile: int) -> list[tuple[int, int]]:
+    """`pairs` as a list, each one a tile pair of `tile_pairs(n, tile)` (else a ValueError)."""
+    pairs = [(int(i0), int(j0)) for i0, j0 in pairs]
+    for i0, j0 in pairs:
+        if not (0 <= i0 <= j0 < n and i0 % tile == 0 and j0 % tile == 0):
+            raise ValueError(f"({i0}, {j0}) is not a tile pair of {n} rows in tiles of {tile}")
+    return pairs
+
+
 def power_term(dist: torch.Tensor, p: float) -> torch.Tensor:
     """d^p (log d for p = 0), float64, clamped away from 0 as every backend does."""
     if p == 1.0:
@@ -219,8 +228,11 @@ def power_term(dist: torch.Tensor, p: float) -> torch.Tensor:
 
 def all_pairs_class_sums(rows: torch.Tensor, labels: torch.Tensor, num_classes: int, *, euclidean: bool = True,
                          cosine_p: float | None = None, zero_eps: float = 0.0, tile: int = ALL_PAIRS_TILE,
-                         progress=None) -> AllPairsSums:
+                         progress=None, pairs=None) -> AllPairsSums:
     """rows: (n, D) as stored (checked rows: no zero or non-finite row); labels: (n,) int64 -> AllPairsSums.
+
+    pairs: the tile pairs (i0, j0) of `tile_pairs(n, tile)` to sum (a unit of a distributed sweep; the
+    sums of a partition of the tile pairs add up to the whole), None for all of them.
 
     Each unordered tile pair is one float32 matrix product (float64 for float64 rows) whose distances
     are added to both of its sides; the Euclidean and cosine sums share it. Near pairs (see NEAR_COS_DISTANCE) are recomputed
@@ -235,7 +247,7 @@ def all_pairs_class_sums(rows: torch.Tensor, labels: torch.Tensor, num_classes: 
     new = lambda: torch.zeros(n, c, dtype=torch.float64, device=x.device)  # noqa: E731
     out_e = new() if euclidean else None
     out_c, pairs_c = (new(), new()) if cosine_p is not None else (None, None)
-    todo = tile_pairs(n, tile)
+    todo = tile_pairs(n, tile) if pairs is None else checked_tile_pairs(pairs, n, tile)
     for done, (i0, j0) in enumerate(todo, 1):
         i1, j1 = min(n, i0 + tile), min(n, j0 + tile)
         dots = (xg[i0:i1] @ xg[j0:j1].T).double()

@@ -143,3 +143,33 @@ def test_estimate_is_one_timed_tile_times_the_tile_pairs(monkeypatch):
     seconds = pairwise.estimate_seconds(run, torch.zeros(450, 3), torch.zeros(450, dtype=torch.int64), 450)
     assert calls == [64, 100]  # a warm-up call, then one whole tile of the real rows
     assert 15 * 0.05 <= seconds < 15 * 0.05 * 3  # 5 tiles: 15 unordered tile pairs
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_units_of_tile_pairs_add_up_to_the_whole_sweep_without_ray(backend):
+    """The unit worker of the sharded sweep (engine/scoring/sharded_pairs.py), called as a plain function: its
+    per-group sums over a partition of the tile pairs add up to the whole op's sums, counts exactly."""
+    from iimm.engine.scoring.sharded_pairs import AllPairsJob, ShardedAllPairs, tile_pair_groups
+
+    x, y = awkward(11, n=70)
+    order = np.argsort(y, kind="stable")  # the sharded sweep's rows are label-sorted
+    x, y = x[order], y[order]
+    whole = sums_of(backend, x, y, 5, 16, euclidean=True, cosine_p=0.5, zero_eps=1e-6)
+    groups = tile_pair_groups(70, 16, 4)
+    assert [len(g.pairs) for g in groups] == [4, 4, 4, 3]  # 5 tiles: 15 unordered pairs
+    assert sorted(p for g in groups for p in g.pairs) == sorted((i, j) for i in range(0, 70, 16)
+                                                                for j in range(i, 70, 16))
+    job = AllPairsJob((x, y), 5, True, 0.5, 1e-6, backend, "cpu", 16)
+    total = [np.zeros((70, 5)) for _ in range(3)]
+    for g in groups:
+        part = job(g)
+        assert set(part["rows"]) == {r for pair in g.pairs for s in pair for r in range(s, min(70, s + 16))}
+        for t, field in zip(total, ("euclidean", "cosine", "cosine_pairs")):
+            t[part["rows"]] += part[field]
+    np.testing.assert_allclose(total[0], whole[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(total[1], whole[1], rtol=1e-12, atol=1e-12)
+    assert np.array_equal(total[2], whole[2])
+    driven = ShardedAllPairs("local", backend, "cpu", tile=16, pairs_per_unit=4)(
+        torch.from_numpy(x), torch.from_numpy(y), 5, euclidean=True, cosine_p=0.5, zero_eps=1e-6)
+    np.testing.assert_allclose(driven.euclidean.numpy(), whole[0], rtol=1e-12, atol=1e-12)
+    assert torch.equal(driven.cosine_pairs, torch.from_numpy(whole[2]))

@@ -180,6 +180,25 @@ def test_sharded_scoring_on_ray_equals_score_resumes_and_recovers_from_a_failing
 
 
 @pytest.mark.ray
+def test_all_pairs_scores_on_ray_are_units_of_tile_pairs_and_equal_score(tmp_path, ray_cluster, monkeypatch):
+    from iimm.engine.scoring import sharded_pairs
+
+    rng = np.random.default_rng(8)
+    es = _random_set(rng)
+    folder = _write_shards(tmp_path / "set", es, [70, 140])
+    keys = ["silhouette_class_euclidean", "gensil", "silhouette_class"]
+    want = score(es, keys, backend="torch", sample=150).scores
+    swept = []
+    real_map_units = sharded_pairs.map_units
+    monkeypatch.setattr(sharded_pairs, "map_units", lambda job, units, ex, **kw: swept.append(len(units)) or
+                        real_map_units(job, units, ex, **kw))
+    got = score_sharded(folder, keys, executor=Executor("ray"), backend="torch", sample=150, all_pairs_tile=32,
+                        pairs_per_unit=2)
+    assert swept == [8]  # 150 rows in tiles of 32: 5 tiles, 15 unordered tile pairs, 2 per unit
+    _close(got.scores, want)
+
+
+@pytest.mark.ray
 def test_cli_score_with_ray_equals_the_local_command_and_keeps_partials_in_the_store(tmp_path, ray_cluster):
     import json
 

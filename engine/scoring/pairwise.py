@@ -2,8 +2,10 @@
 
 Both scores need, for every row, its summed distance to the rows of each class. The backend's
 `all_pairs_class_sums` computes each unordered tile pair once (one float32 matrix product) and
-adds it to both sides; when both scores are asked for, the same product feeds both. Before the
-pass starts, its time is estimated from the tile count and one timed tile (`AllPairsEstimate`).
+adds it to both sides; when both scores are asked for, the same product feeds both. The sample's
+rows go in stably sorted by label, so that every backend's tile pairs cover the same rows and a
+sharded sweep (`sharded_pairs`, one unit per group of tile pairs) sums the very same contributions.
+Before the pass starts, its time is estimated from the tile count and one timed tile (`AllPairsEstimate`).
 """
 
 from __future__ import annotations
@@ -70,11 +72,14 @@ def sample_rows(n: int, sample: int | None, quadratic_limit: int) -> int:
 def all_pairs_scores(es: EmbeddingSet, be: Backend, keys: list[str], *, gensil_p: float = 1.0,
                      sample: int | None = None, seed: int = 0, quadratic_limit: int | None = None,
                      on_estimate: Callable[[AllPairsEstimate], None] | None = None,
-                     progress: Callable[[str, int, int], None] | None = None) -> tuple[dict[str, float], int, list[str]]:
+                     progress: Callable[[str, int, int], None] | None = None,
+                     sums: Callable | None = None) -> tuple[dict[str, float], int, list[str]]:
     """The all-pairs scores `keys` of `es` on one seeded row sample -> (values by key, rows used, notes).
 
     quadratic_limit: above this many rows (and without `sample`) a seeded sample of this size is used;
     None picks the backend device's default. on_estimate: told the expected time before the pass.
+    sums: what computes the per-row per-class sums, with `be.all_pairs_class_sums`'s arguments (None: that
+    op, here; `sharded_pairs.ShardedAllPairs`: one unit per group of tile pairs on an executor).
     """
     from .scores import check_clustering
 
@@ -88,19 +93,21 @@ def all_pairs_scores(es: EmbeddingSet, be: Backend, keys: list[str], *, gensil_p
     counts = np.bincount(sub.label, minlength=sub.c)
     for key in keys:
         check_clustering(key, int(np.count_nonzero(counts)), sub.n, "pass a larger --sample")
-    x = be.tensor(sub.image_blocks[0] if len(sub.image_blocks) == 1 else sub.rows(np.arange(sub.n)))
-    labels = be.tensor(sub.label)
+    by_label = np.argsort(sub.label, kind="stable")
+    x = be.tensor(np.concatenate(sub.image_blocks)[by_label] if len(sub.image_blocks) > 1 else
+                  sub.image_blocks[0][by_label])
+    labels = be.tensor(sub.label[by_label])
     euclidean = "silhouette_class_euclidean" in keys
     cosine_p = float(gensil_p) if "gensil" in keys else None
-    run = lambda rows_, labels_, tick=None: be.all_pairs_class_sums(  # noqa: E731
+    local = lambda rows_, labels_, tick=None, op=be.all_pairs_class_sums: op(  # noqa: E731
         rows_, labels_, sub.c, euclidean=euclidean, cosine_p=cosine_p, zero_eps=GENSIL_ZERO_EPS, progress=tick)
     if on_estimate and (rows >= ESTIMATE_AFTER_ROWS or rows > limit):
-        seconds = estimate_seconds(run, x, labels, rows)
+        seconds = estimate_seconds(local, x, labels, rows)
         on_estimate(AllPairsEstimate(tuple(keys), rows, es.n, seconds, limit, over_limit=rows > limit))
     # tile pairs done, told as the share of the sample's rows
     tick = (lambda done, total: progress("all-pairs scores", rows * done // total, rows)) if progress else None
-    sums = run(x, labels, tick)
-    label_t = torch.as_tensor(sub.label, device=sums[0].device if sums[0] is not None else sums[1].device)
+    sums = local(x, labels, tick, op=sums or be.all_pairs_class_sums)
+    label_t = torch.as_tensor(sub.label[by_label], device=sums[0].device if sums[0] is not None else sums[1].device)
     counts_t = torch.as_tensor(counts, device=label_t.device)
     values = {}
     if euclidean:

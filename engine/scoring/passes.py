@@ -227,7 +227,8 @@ class ScorePlan:
             es = self._rows_source()
             values, rows, notes = all_pairs_scores(es, self._backend, keys, gensil_p=o.gensil_p, sample=o.sample,
                                                    seed=o.seed, quadratic_limit=o.quadratic_limit,
-                                                   on_estimate=self.on_estimate, progress=self.progress)
+                                                   on_estimate=self.on_estimate, progress=self.progress,
+                                                   sums=self.all_pairs_sums)
             for note in notes:
                 self.note(note)
             if rows < es.n:
@@ -237,12 +238,14 @@ class ScorePlan:
 
     progress: Callable[[str, int, int], None] | None = None
     on_estimate: Callable | None = None
+    all_pairs_sums: Callable | None = None  # None: the backend's op on the driver (see pairwise.all_pairs_scores)
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_es"] = state["_backend"] = None   # a unit gets its rows from its own description
         state.pop("progress", None)
         state.pop("on_estimate", None)
+        state.pop("all_pairs_sums", None)
         return state
 
 

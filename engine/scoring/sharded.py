@@ -6,8 +6,9 @@ to each unit. A unit reads its own rows from the embedding files (memory-mapped)
 `passes.run_pass` over them and returns its accumulators' `state_dict`s, which it also saves under
 the run's partials folder; the driver merges them in unit order with the accumulators' own `merge`.
 A rerun of the same scoring finds the partials and runs only the units that are missing. The
-row-sample scores (all-pairs silhouettes on at most --quadratic-limit rows, NCTI, LogME with N < D)
-are finalised on the driver, as `score()` does. Row numbers in errors are global: a unit's chunks
+all-pairs scores (silhouettes on at most --quadratic-limit rows) are units too: one per group of tile
+pairs of their sample (`sharded_pairs`), summed on the driver. NCTI and LogME with N < D are finalised
+on the driver, as `score()` does. Row numbers in errors are global: a unit's chunks
 carry their index in the whole set.
 """
 
@@ -27,6 +28,7 @@ import numpy as np
 from ... import __version__
 from ...errors import InputError
 from ...kernels import get_backend
+from ...kernels.reference import ALL_PAIRS_TILE
 from ..distributed import Executor, UnitFailure, as_executor, map_units, ray_get, ray_put
 from ..embedding.embedding_set import EmbeddingSet
 from ..embedding.loaders import load_embeddings
@@ -35,6 +37,7 @@ from ..hashing import hash_json
 from .options import default_chunk_rows
 from .passes import ScorePlan, run_pass
 from .registry import resolve_keys
+from .sharded_pairs import DEFAULT_PAIRS_PER_UNIT, ShardedAllPairs
 from .scores import ScoreReport, check_finite, check_keys, score_options
 
 DEFAULT_UNIT_ROWS = 1 << 20
@@ -157,7 +160,8 @@ def score_sharded(source: str | os.PathLike, keys: Iterable[str] | str | None = 
                   seed: int = 0, quadratic_limit: int | None = None, logit_scale: float | None = None,
                   baseline_sample: int | None = None, label_embeddings=None, class_texts=None,
                   label_column: str | None = None, classnames=None,
-                  on_unit: Callable[[int, int, int], None] | None = None) -> ScoreReport:
+                  on_unit: Callable[[int, int, int], None] | None = None,
+                  pairs_per_unit: int = DEFAULT_PAIRS_PER_UNIT, all_pairs_tile: int = ALL_PAIRS_TILE) -> ScoreReport:
     """`score()` of the embeddings at `source`, one unit per `unit_rows` rows of shard files (`row_units`) and pass.
 
     source: what `load_embeddings` reads (an embeddings folder of shards, .npy/.npz, a clip-retrieval folder
@@ -167,6 +171,8 @@ def score_sharded(source: str | os.PathLike, keys: Iterable[str] | str | None = 
         of the input files, keys and options), so that a rerun after a crash computes only the missing units;
         None keeps none.
     on_unit(pass k, units done, units in the pass): called on the driver as units finish.
+    pairs_per_unit / all_pairs_tile: the all-pairs sweep's units, groups of this many tile pairs of this many
+        rows a side (`sharded_pairs`); they are not kept as partials (a rerun sweeps again).
     Equals `score()` to float64 rounding (merging partial statistics is exact up to rounding).
     """
     started = time.perf_counter()
@@ -200,6 +206,7 @@ def score_sharded(source: str | os.PathLike, keys: Iterable[str] | str | None = 
 
         results = dict(zip((u.index for u in todo), _all_or_raise(map_units(job, todo, ex, on_result=count))))
         plan.add_pass(k, [saved.get(u.index) or results[u.index] for u in units])  # merged in unit order
+    plan.all_pairs_sums = ShardedAllPairs(ex, be.name, device, all_pairs_tile, pairs_per_unit)
     values = plan.finalise(es, be)
     check_finite(values)
     return ScoreReport(values, es.n, es.d, es.c, be.name, str(be.device), time.perf_counter() - started,
