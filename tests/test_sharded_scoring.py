@@ -217,3 +217,65 @@ def test_cli_score_with_ray_equals_the_local_command_and_keeps_partials_in_the_s
     _close(json.loads(on_ray.stdout)["scores"], json.loads(local.stdout)["scores"])
     [run_folder] = (tmp_path / "store" / "partials").iterdir()
     assert sorted(p.name for p in run_folder.iterdir()) == ["pass0-unit00000.npz", "pass1-unit00000.npz"]
+
+
+KILLABLE_DRIVER = """
+import json, os, sys, time
+from iimm.engine.scoring import sharded
+
+folder, partials, out, pause_after = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+ran = []
+real_run_pass = sharded.run_pass
+sharded.run_pass = lambda plan, k, es, be, chunk, rows: ran.append(k) or real_run_pass(plan, k, es, be, chunk, rows=rows)
+done = [0]
+
+def on_unit(k, finished, total):
+    done[0] += 1
+    if done[0] == pause_after:  # its partial is saved: say so and wait to be killed
+        open(out + ".ready", "w").close()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        sys.exit(3)
+
+report = sharded.score_sharded(folder, "all", executor="local", backend="torch", unit_rows=30, partials=partials,
+                               on_unit=on_unit)
+with open(out, "w") as f:
+    json.dump({"scores": report.scores, "ran": len(ran)}, f)
+"""
+
+
+def test_a_driver_killed_mid_run_resumes_from_its_partials_and_gives_the_same_result(tmp_path):
+    """A real SIGKILL of the driver process once some units' partials exist; the rerun computes only the rest."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    es = _random_set(np.random.default_rng(9))
+    folder = _write_shards(tmp_path / "set", es, [40, 90, 160])
+    script = tmp_path / "driver.py"
+    script.write_text(KILLABLE_DRIVER)
+
+    def run(partials, out, pause_after=0):
+        return subprocess.Popen([sys.executable, str(script), str(folder), str(partials), str(out), str(pause_after)])
+
+    whole = run(tmp_path / "whole", tmp_path / "whole.json")
+    killed = run(tmp_path / "partials", tmp_path / "killed.json", pause_after=5)
+    ready = tmp_path / "killed.json.ready"
+    deadline = time.monotonic() + 60
+    while not ready.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready.exists(), f"the driver did not reach its 5th unit (exit {killed.poll()})"
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=30) == -signal.SIGKILL
+    [run_folder] = (tmp_path / "partials").iterdir()
+    assert len(list(run_folder.glob("*.npz"))) == 5 and not (tmp_path / "killed.json").exists()
+    assert whole.wait(timeout=60) == 0
+    rerun = run(tmp_path / "partials", tmp_path / "rerun.json")
+    assert rerun.wait(timeout=60) == 0
+    want, got = (json.loads((tmp_path / name).read_text()) for name in ("whole.json", "rerun.json"))
+    assert want["ran"] == 2 * 9  # 2 passes × 9 units (shards of 40, 50, 70, 43 rows in units of ≤ 30)
+    assert got["ran"] == want["ran"] - 5  # only the units without a partial
+    _close(got["scores"], want["scores"])
