@@ -13,6 +13,7 @@ classes straight into the output.
 from __future__ import annotations
 
 import threading
+import time
 
 import numba
 import numpy as np
@@ -48,8 +49,46 @@ def class_sums(rows, labels, num_classes: int) -> ClassSums:
         sums, counts, sq, bad = sums_by_class(arr, lab, num_classes)
     else:
         parts = partial_count(numba.get_num_threads(), n, d, num_classes, arr.itemsize)
+        parts = THREAD_CHOICE.pick(parts, arr.nbytes)
+        started = time.perf_counter()
         sums, counts, sq, bad = sums_by_partials(arr, lab, num_classes, parts)
+        THREAD_CHOICE.record(parts, arr.nbytes, time.perf_counter() - started)
     return ClassSums(torch.from_numpy(sums), torch.from_numpy(counts), torch.tensor(sq, dtype=torch.float64), bad)
+
+
+class ThreadChoice:
+    """Whether large chunks run on their partials' threads or on one: whichever read recent chunks faster.
+
+    When another process keeps a core busy, one thread can beat two (the second thread's partial and the
+    end-of-chunk barrier wait on the busy core). Chunks of at least `min_bytes` are timed; every
+    `probe_every`-th one runs on the other choice, so the choice follows the machine's load. Either
+    choice sums in float64; only how rows are split among partials differs.
+    """
+
+    def __init__(self, min_bytes: int = 16 << 20, probe_every: int = 16):
+        self.min_bytes, self.probe_every = min_bytes, probe_every
+        self.seconds_per_byte: dict[bool, float] = {}  # {one thread?: recent seconds per row byte}
+        self.calls = self.timed = 0
+
+    def pick(self, parts: int, nbytes: int) -> int:
+        if parts == 1 or nbytes < self.min_bytes:
+            return parts
+        self.calls += 1
+        rate = self.seconds_per_byte
+        if len(rate) < 2:
+            return 1 if False in rate else parts
+        one = rate[True] < rate[False]
+        if self.calls % self.probe_every == 0:
+            one = not one
+        return 1 if one else parts
+
+    def record(self, parts: int, nbytes: int, seconds: float) -> None:
+        self.timed += nbytes >= self.min_bytes
+        if nbytes >= self.min_bytes and self.timed > 1:  # the first one may include loading the compiled kernel
+            self.seconds_per_byte[parts == 1] = seconds / nbytes
+
+
+THREAD_CHOICE = ThreadChoice()
 
 
 def partial_count(threads: int, n: int, d: int, num_classes: int, itemsize: int) -> int:
