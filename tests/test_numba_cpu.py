@@ -388,3 +388,19 @@ def test_entry_points_keep_to_torchs_thread_limit_and_give_it_back(threads, monk
         assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS  # numba's own setting restored
     finally:
         torch.set_num_threads(saved)
+
+
+def test_thread_choice_follows_the_faster_reading_and_probes_the_other():
+    """Large chunks go to whichever of one thread / all partials read faster lately; every probe_every-th the other."""
+    choice = numba_class_sums.ThreadChoice(min_bytes=100, probe_every=4)
+    assert choice.pick(2, 99) == 2 and choice.pick(1, 10**6) == 1  # small chunks / one partial: untouched
+    assert choice.pick(2, 1000) == 2
+    choice.record(2, 1000, 5.0)            # the first timed chunk may include loading the kernel: not kept
+    assert choice.seconds_per_byte == {}
+    choice.record(2, 1000, 2.0)            # all threads: 2 ms per kB
+    assert choice.pick(2, 1000) == 1       # one thread not measured yet
+    choice.record(1, 1000, 1.0)            # one thread faster (a busy core)
+    picks = [choice.pick(2, 1000) for _ in range(8)]
+    assert picks.count(2) == 2 and picks.count(1) == 6, picks  # every 4th call probes the other choice
+    choice.record(2, 1000, 0.5)            # the load went away: all threads again
+    assert choice.pick(2, 1000) == 2
