@@ -132,12 +132,13 @@ _scratch_by_thread = threading.local()
 
 
 def _scratch(shape: tuple[int, ...]) -> np.ndarray:
-    """An uninitialised float64 buffer of `shape`, kept for the next call of the same shape."""
+    """An uninitialised float64 buffer of `shape`, kept for the next calls (a call on fewer threads reuses
+    the first partials of a larger one, so switching thread counts does not fault in fresh pages)."""
     buf = getattr(_scratch_by_thread, "partials", None)
-    if buf is None or buf.shape != shape:
+    if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
         buf = np.empty(shape)
         _scratch_by_thread.partials = buf
-    return buf
+    return buf[:shape[0]]
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=REASSOC)
