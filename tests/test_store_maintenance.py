@@ -143,3 +143,29 @@ def test_gc_leaves_a_set_another_run_is_writing(built):
     with st.lock(info.set_id):
         removal = collect_garbage(st, dry_run=False)
     assert removal.busy == [info.set_id] and (store / "embeddings" / info.set_id).exists()
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_a_run_stopped_while_opening_its_set_leaves_the_store_consistent(tmp_path, tiny_model_dir, digits_png_dir,
+                                                                        monkeypatch, after):
+    """A kill between creating a set's registry row and its folder (either side) is no store problem, and the
+    rerun finishes the set."""
+    from iimm.engine.embedding.store_maintenance import check_store
+
+    store = tmp_path / "store"
+    model = f"local-dir:{tiny_model_dir}"
+    real = Store.open_set
+
+    def stop(self, *args, **kwargs):
+        if after:  # the row exists, the folder not yet
+            real(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Store, "open_set", stop)
+    with pytest.raises(KeyboardInterrupt):
+        embed_dataset(model, str(digits_png_dir), store=store, workers=0, shard_rows=64)
+    monkeypatch.setattr(Store, "open_set", real)
+    assert check_store(Store(store)) == []
+    es, info = embed_dataset(model, str(digits_png_dir), store=store, workers=0, shard_rows=64)
+    assert info.encoded == es.n == 200
+    assert check_store(Store(store)) == []

@@ -236,7 +236,6 @@ class _Run:
 
     def _build(self, st: Store, dataset_id: str, image_key: str, set_id: str, shard_rows: int):
         folder = st.set_dir(set_id)
-        folder.mkdir(parents=True, exist_ok=True)
         donor = st.complete_set_with_images(image_key)
         if donor is not None and donor["id"] != set_id:
             shard_rows = int(donor["shard_rows"])
@@ -246,6 +245,7 @@ class _Run:
                       classnames=_json(self.ds.classnames), templates=_json(self.templates), dtype=self.dtype,
                       shard_rows=shard_rows)
         row = st.open_set(set_id, image_key, dataset_id, fields)
+        folder.mkdir(parents=True, exist_ok=True)  # after its registry row: a kill in between leaves no orphan
         shard_rows = int(row["shard_rows"])
         if donor is not None and donor["id"] != set_id:
             _link_shards(st, donor["id"], set_id)

@@ -83,10 +83,12 @@ def check_store(store: Store) -> list[Problem]:
         sets = [dict(r) for r in con.execute("SELECT id, status FROM embedding_sets")]
     for s in sets:
         folder = store.set_dir(s["id"])
+        records = store.shard_records(s["id"])
         if not folder.is_dir():
-            problems.append(Problem(s["id"], str(folder), "folder is gone (registry row without files)"))
+            if records or s["status"] == "complete":  # a set opened but not yet written has no folder yet
+                problems.append(Problem(s["id"], str(folder), "folder is gone (registry row without files)"))
             continue
-        for record in store.shard_records(s["id"]):
+        for record in records:
             what = shard_problem(folder, record)
             if what is not None:
                 problems.append(Problem(s["id"], str(folder / shard_name("image", record["idx"])), what))
