@@ -26,6 +26,11 @@ def cli_child(argv: list[str], out: str, err: str) -> None:
     import torch
 
     os.setpgrp()
+    # As if started from a terminal: whatever the test process had done to SIGINT / SIGTERM (blocked or ignored
+    # in the thread that started the fork server: a full-suite run once lost a SIGINT that way) is undone here.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     torch.set_num_threads(1)
     for fd, path in ((1, out), (2, err)):
         f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
