@@ -183,7 +183,7 @@ def _set_folders(store: Store) -> list[Path]:
 
 
 def _temp_files(store: Store) -> list[Path]:
-    """Leftovers of writes that were killed: `.NAME.XXXX.tmp` (atomic writes), `.NAME.PID.link` (shared shards)."""
+    """Leftovers of writes that were killed: `.NAME.<random>.tmp` (atomic writes), `.NAME.PID.link` (shared shards)."""
     return sorted(p for p in (store.root / "embeddings").rglob(".*") if p.is_file() and p.suffix in TEMP_SUFFIXES)
 
 
