@@ -201,13 +201,11 @@ def test_calibrate_progress_says_a_run_was_reused(capsys):
 
 def test_screen_chart_draws_gain_and_iimm_in_separate_panels(tmp_path):
     from iimm.engine.calibration.plots import plot_screen, screen_panels
-    from iimm.engine.calibration.screen import ScreenResult, ScreenRow
+    from iimm.engine.calibration.screen import ScreenResult
+    from screen_rows import screen_row
 
     def row(name, model, iimm, gain=None):
-        r = ScreenRow(name, model, {"iimm": iimm}, 10, True)
-        if gain is not None:
-            r.predictions["full"] = {"gain": {"value": gain, "low": gain - 0.1, "high": gain + 0.2}}
-        return r
+        return screen_row(name, model, iimm, gain, below=0.1, above=0.2)
 
     rows = [row("a", "m2", 0.5), row("b", "m1", 0.5, gain=0.02), row("c", "m1", 0.6, gain=0.08), row("d", "m2", 0.7)]
     gain, iimm = screen_panels(ScreenResult(rows, []).ranked)

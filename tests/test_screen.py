@@ -104,13 +104,8 @@ def test_a_model_that_cannot_be_found_fails_once(catalog, tiny_model_dir, tmp_pa
 
 
 def test_calibrated_rows_rank_before_uncalibrated_ones():
-    from iimm.engine.calibration.screen import ScreenResult, ScreenRow
-
-    def row(name, model, iimm, gain=None):
-        r = ScreenRow(name, model, {"iimm": iimm}, 10, True)
-        if gain is not None:
-            r.predictions["full"] = {"gain": {"value": gain, "low": gain - 0.1, "high": gain + 0.1}}
-        return r
+    from iimm.engine.calibration.screen import ScreenResult
+    from screen_rows import screen_row as row
 
     rows = [row("a", "m2", 0.9), row("b", "m1", 0.5, gain=0.02), row("c", "m1", 0.6, gain=0.08), row("d", "m2", 0.7)]
     assert [r.dataset for r in ScreenResult(rows, []).ranked] == ["c", "b", "a", "d"]
