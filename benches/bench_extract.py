@@ -16,12 +16,12 @@ from __future__ import annotations
 import os
 import time
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import write_jpeg_tree
 from iimm.cli.embed import embed
 from iimm.engine.embedding.models import encode_images, load_model
 
@@ -32,14 +32,7 @@ MODEL = ["--model", "ViT-B-32", "--pretrained", "random"]
 
 @pytest.fixture(scope="module")
 def jpeg_tree(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench-images")
-    rng = np.random.default_rng(0)
-    for i in range(N_IMAGES):
-        folder = root / f"class_{i % 4}"
-        folder.mkdir(exist_ok=True)
-        base = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
-        Image.fromarray(base).resize((256, 256), Image.BICUBIC).save(folder / f"{i:05d}.jpg", quality=90)
-    return root
+    return write_jpeg_tree(tmp_path_factory.mktemp("bench-images"), N_IMAGES, classes=4, size=256)
 
 
 def _forward_only_seconds(root) -> float:

@@ -72,15 +72,9 @@ def test_scoring_on_ray_vs_local(bench_folder, tmp_path_factory, tmp_path):
 
 @pytest.fixture(scope="module")
 def jpeg_tree(tmp_path_factory):
-    from PIL import Image
+    from conftest import write_jpeg_tree
 
-    root = tmp_path_factory.mktemp("bench-images")
-    rng = np.random.default_rng(0)
-    for i in range(N_IMAGES):
-        folder = root / f"class_{i % 10}"
-        folder.mkdir(exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:05d}.jpg")
-    return root
+    return write_jpeg_tree(tmp_path_factory.mktemp("bench-images"), N_IMAGES, classes=10)
 
 
 @pytest.fixture(scope="module")

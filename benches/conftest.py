@@ -76,3 +76,19 @@ def _complete(folder: Path, rows: int) -> bool:
             and np.load(folder / "label.npy", mmap_mode="r").shape == (rows,)
     except (OSError, ValueError):
         return False
+
+
+def write_jpeg_tree(root: Path, n: int, classes: int, size: int | None = None) -> Path:
+    """n random 32×32 JPEGs in `classes` class folders under root (upsampled to size×size when given)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = root / f"class_{i % classes}"
+        folder.mkdir(exist_ok=True)
+        image = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+        if size is not None:
+            image.resize((size, size), Image.BICUBIC).save(folder / f"{i:05d}.jpg", quality=90)
+        else:
+            image.save(folder / f"{i:05d}.jpg")
+    return root
