@@ -1,4 +1,4 @@
-"""The Triton backend: the three ops of `kernels.reference`, each one fused kernel and its launcher.
+"""The Triton backend: the four ops of `kernels.reference`, each one fused kernel and its launcher.
 
 Imported by `kernels.get_backend("triton")`. Launchers take NumPy arrays or tensors, run on the
 rows' CUDA device (or on the CPU under `TRITON_INTERPRET=1`) and return exactly the reference's
@@ -12,7 +12,7 @@ import functools
 
 import torch
 
-from . import reference, triton_class_sums, triton_cross_reduce, triton_pairwise
+from . import triton_all_pairs, triton_class_sums, triton_cross_reduce, triton_pairwise
 
 
 def _on_rows_device(op):
@@ -30,7 +30,7 @@ def _on_rows_device(op):
 class_sums = _on_rows_device(triton_class_sums.class_sums)
 cross_reduce = _on_rows_device(triton_cross_reduce.cross_reduce)
 pairwise_class_sums = _on_rows_device(triton_pairwise.pairwise_class_sums)
-all_pairs_class_sums = _on_rows_device(reference.all_pairs_class_sums)
+all_pairs_class_sums = _on_rows_device(triton_all_pairs.all_pairs_class_sums)
 
 __all__ = ["all_pairs_class_sums", "class_sums", "cross_reduce", "pairwise_class_sums"]
 
@@ -55,7 +55,7 @@ def compile_for(arch: int = 90, quick: bool = False) -> list[str]:
         raise RuntimeError("compile_for needs the kernels built for a GPU; unset TRITON_INTERPRET")
     target = GPUTarget("cuda", arch, 32)
     dtypes = COMPILE_DTYPES[:1] if quick else COMPILE_DTYPES
-    variants = [v for module in (triton_class_sums, triton_cross_reduce, triton_pairwise)
+    variants = [v for module in (triton_class_sums, triton_cross_reduce, triton_pairwise, triton_all_pairs)
                 for v in module.compile_variants(dtypes, quick)]
     done = []
     for fn, sig, consts, cfg in variants:

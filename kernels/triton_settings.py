@@ -90,6 +90,14 @@ def pairwise_configs() -> list[triton.Config]:
             for bm, bn, dk, w, s in ((128, 64, 64, 4, 3), (128, 128, 32, 8, 3), (64, 64, 64, 4, 3))]
 
 
+def all_pairs_configs() -> list[triton.Config]:
+    """Block shapes of the symmetric all-pairs kernel; its epilogue holds float64 tiles, hence the modest sizes."""
+    if triton_interpreted():
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_DK": 16}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_DK": dk}, num_warps=w, num_stages=s)
+            for bm, bn, dk, w, s in ((64, 64, 64, 4, 3), (128, 64, 32, 8, 3), (128, 128, 32, 8, 2))]
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """`tl.dot` input precision that keeps fp32-level accuracy for rows stored in `dtype`.
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernel_reference import naive_class_sums, naive_cross_reduce, naive_pairwise, unit64
+from kernel_reference import naive_class_sums, naive_cross_reduce, naive_distances, naive_pairwise, unit64
 
 HAS_GPU = torch.cuda.is_available()
 
@@ -314,6 +314,89 @@ def test_pairwise_euclidean_silhouette_matches_scikit_learn():
     assert abs(ours - expected) < 1e-5, (ours, expected)
 
 
+# ---------------------------------------------------------------- all pairs of one row set (symmetric tiles)
+
+ALL_PAIRS_CASES = [  # dtype, tile, cosine p
+    (torch.float32, 24, 1.0),  # tiles of 24 rows in blocks of 16: part blocks on both sides of a tile pair
+    (torch.float16, 16, 0.0),
+    (torch.bfloat16, 40, 0.5),
+    (torch.float64, 64, -1.0),  # one diagonal tile pair holds every pair
+]
+
+
+def all_pairs_rows(dtype, n=45, d=40, c=9):
+    """Rows in label order nowhere (the launcher sorts them); several class runs per 16-row block, a one-row
+    class, an empty class, an exact duplicate (cosine distance 0) and a near-duplicate (recomputed in float64)."""
+    x = make_rows(n, d, torch.float64, seed=41)
+    labels = labels_with_gaps(n, c, seed=42)
+    x[30], labels[30] = x[4], labels[4]
+    g = torch.Generator().manual_seed(43)
+    x[31], labels[31] = x[5] + 3e-2 * torch.randn(d, generator=g, dtype=torch.float64).to(DEVICE), labels[5]
+    return x.to(dtype), labels
+
+
+@pytest.mark.parametrize("dtype, tile, p", ALL_PAIRS_CASES)
+def test_all_pairs_matches_reference_and_definition(dtype, tile, p):
+    c = 9
+    x, labels = all_pairs_rows(dtype, c=c)
+    args = dict(euclidean=True, cosine_p=p, zero_eps=1e-6, tile=tile)
+    got = triton_ops.all_pairs_class_sums(x, labels, c, **args)
+    ref = reference.all_pairs_class_sums(x, labels, c, **args)
+    e64, pairs64 = naive_pairwise(x, x, labels, c, "euclidean", 1.0, 0, 0, 0.0)
+    c64, k64 = naive_pairwise(x, x, labels, c, "cosine", p, 0, 0, 1e-6)
+    assert got.euclidean.dtype == got.cosine.dtype == torch.float64 and got.cosine_pairs.dtype == torch.int64
+    assert np.array_equal(got.cosine_pairs.cpu().numpy(), k64), "cosine pair counts differ from the definition"
+    assert torch.equal(got.cosine_pairs.cpu(), ref.cosine_pairs.cpu()), "cosine pair counts differ from the reference"
+    assert int(k64.sum()) == 45 * 44 - 2, "the duplicate pair is left out of the cosine sums, both ways"
+    count = torch.as_tensor(pairs64, dtype=torch.float64).clamp_min(1)
+    # float32 unit rows carry ~1e-7 in each distance: a term moves by that times |d(term)/dd|, large for
+    # log d and d^p, p < 0, at the near-duplicate
+    rate = 1e-7 if dtype != torch.float64 else 1e-13
+    slack = rate * 4 * torch.as_tensor(cosine_term_slopes(x, labels, c, p, 1e-6)) + 1e-9 * count
+    assert_within(got.euclidean, e64, 1e-6 * count, "Euclidean sums vs float64 definition")
+    assert_within(got.euclidean, ref.euclidean, 1e-6 * count, "Euclidean vs reference")
+    assert_within(got.cosine, c64, slack, "cosine sums vs float64 definition")
+    assert_within(got.cosine, ref.cosine, slack, "cosine vs reference")
+
+
+def cosine_term_slopes(x, labels, c, p, zero_eps):
+    """(n, c) Σ_j |d(term)/dd| over the kept cosine pairs of each cell: how far float32 rounding moves its sum."""
+    dist = naive_distances(x, x, "cosine")
+    keep = dist > zero_eps
+    np.fill_diagonal(keep, False)
+    d = np.where(keep, dist, 1.0)
+    slope = np.where(keep, 1.0 / d if p == 0 else np.abs(p) * d ** (p - 1.0), 0.0)
+    return slope @ np.eye(c)[labels.cpu().numpy()]
+
+
+def test_all_pairs_units_of_tile_pairs_add_up_to_the_whole():
+    """The `pairs` of a distributed sweep: any partition of the tile pairs sums to the whole; each launch is told."""
+    c = 9
+    x, labels = all_pairs_rows(torch.float32, c=c)
+    whole = triton_ops.all_pairs_class_sums(x, labels, c, euclidean=True, cosine_p=1.0, zero_eps=1e-6, tile=16)
+    todo = reference.tile_pairs(45, 16)
+    seen = []
+    parts = [triton_ops.all_pairs_class_sums(x, labels, c, euclidean=True, cosine_p=1.0, zero_eps=1e-6, tile=16,
+                                             pairs=unit, progress=lambda done, total: seen.append((done, total)))
+             for unit in (todo[:2], todo[2:5], todo[5:])]
+    assert seen == [(1, 2), (2, 2), (1, 3), (2, 3), (3, 3), (1, 1)]
+    for field in ("euclidean", "cosine", "cosine_pairs"):
+        total = sum(getattr(part, field) for part in parts)
+        assert_within(total, getattr(whole, field), 1e-12 * (1 + getattr(whole, field).double().abs()), field)
+    with pytest.raises(ValueError, match="is not a tile pair"):
+        triton_ops.all_pairs_class_sums(x, labels, c, tile=16, pairs=[(8, 16)])
+
+
+def test_all_pairs_euclidean_only_and_empty_rows():
+    x, labels = all_pairs_rows(torch.float32, c=9)
+    got = triton_ops.all_pairs_class_sums(x, labels, 9, euclidean=True, cosine_p=None, tile=32)
+    assert got.cosine is None and got.cosine_pairs is None
+    e64, _ = naive_pairwise(x, x, labels, 9, "euclidean", 1.0, 0, 0, 0.0)
+    assert_within(got.euclidean, e64, 1e-6 * (1 + np.abs(e64)), "Euclidean sums")
+    empty = triton_ops.all_pairs_class_sums(x[:0], labels[:0], 9, euclidean=False, cosine_p=1.0)
+    assert empty.euclidean is None and empty.cosine.shape == (0, 9) and empty.cosine_pairs.shape == (0, 9)
+
+
 # ---------------------------------------------------------------- dispatch and the engine
 
 
@@ -323,6 +406,8 @@ def test_get_backend_triton_binds_these_launchers():
     assert be.class_sums is triton_ops.class_sums
     assert be.cross_reduce is triton_ops.cross_reduce
     assert be.pairwise_class_sums is triton_ops.pairwise_class_sums
+    assert be.all_pairs_class_sums is triton_ops.all_pairs_class_sums
+    assert be.all_pairs_class_sums.__wrapped__ is not reference.all_pairs_class_sums
 
 
 def test_every_score_on_triton_equals_torch():
@@ -369,7 +454,7 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     assert done.returncode == 0, done.stderr[-4000:]
     built = done.stdout.splitlines()
     for kernel in ("_class_sums_kernel", "_merge_items_kernel", "_cross_reduce_kernel", "_pairwise_kernel",
-                   "_row_norms_kernel"):
+                   "_row_norms_kernel", "_all_pairs_kernel"):
         assert any(line.startswith(kernel) for line in built), (kernel, built)
 
 
