@@ -69,6 +69,77 @@ def test_a_damaged_shard_is_encoded_again_never_read(built, damage):
     assert invoke("store", "check", "--store", str(store)).exit_code == 0
 
 
+def _shard_files(folder):
+    return sorted(p.name for p in folder.glob("*-*.npy"))
+
+
+def _age(paths, seconds=60):
+    """Move files' mtimes back, as for a set written a while ago (a fresh file's signature is not trusted)."""
+    for path in paths:
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - seconds * 10**9))
+
+
+@pytest.fixture
+def digests_read(monkeypatch):
+    """The names of the files whose sha256 is computed from here on."""
+    from iimm.engine.embedding import store as store_module
+
+    names, real = [], store_module.file_digest
+    monkeypatch.setattr(store_module, "file_digest", lambda path: names.append(path.name) or real(path))
+    return names
+
+
+def test_a_cache_hit_reads_a_shard_again_only_when_its_file_changed(built, digests_read):
+    store, _, _, want, info = built
+    folder = store / "embeddings" / info.set_id
+    _age(folder.glob("*-*.npy"))
+    _, first = _embed(built)
+    assert first.cached and sorted(digests_read) == _shard_files(folder)  # checked once, signatures kept
+    digests_read.clear()
+    _, second = _embed(built)
+    assert second.cached and digests_read == []
+    path = folder / shard_name("image", 1)
+    data = bytearray(path.read_bytes())
+    data[-7] ^= 0xFF
+    path.write_bytes(bytes(data))  # a new mtime: read again, found altered, encoded again
+    es, third = _embed(built)
+    assert "image-00001.npy" in digests_read and third.encoded == 64
+    np.testing.assert_array_equal(_rows(es), want)
+
+
+def test_a_file_changed_moments_ago_keeps_no_signature(built, digests_read):
+    """Within a tick of a coarse file clock a rewrite can keep its mtime: a file younger than RACY_SECONDS is
+    read again on every hit until it is older."""
+    store, _, _, _, info = built
+    folder = store / "embeddings" / info.set_id
+    for _ in range(2):
+        digests_read.clear()
+        assert _embed(built)[1].cached
+        assert sorted(digests_read) == _shard_files(folder)
+    with sqlite3.connect(store / "registry.sqlite") as con:
+        assert {v for (v,) in con.execute("SELECT verified FROM shards")} == {None}
+
+
+def test_store_check_reads_every_byte_even_of_an_unchanged_looking_file(built):
+    """A change that keeps size, mtime and inode (a bit flip on disk) passes a cache hit; `iimm store check`
+    reads the bytes and names the file."""
+    store, _, _, _, info = built
+    folder = store / "embeddings" / info.set_id
+    _age(folder.glob("*-*.npy"))
+    assert _embed(built)[1].cached
+    path = folder / shard_name("image", 3)
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01
+    with open(path, "r+b") as f:
+        f.write(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_ino == before.st_ino and path.stat().st_size == before.st_size
+    res = invoke("store", "check", "--store", str(store))
+    assert res.exit_code == 1 and "image-00003.npy" in res.stdout and "sha256" in res.stdout
+
+
 def test_a_registry_row_whose_files_are_gone_is_repaired(built):
     import shutil
 

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -94,6 +95,13 @@ _CORE_SCHEMA = [
 SHARD_CHECKSUMS = [f"ALTER TABLE shards ADD COLUMN {kind}_{field} {sql}" for kind in SHARD_KINDS
                    for field, sql in (("bytes", "INTEGER"), ("sha256", "TEXT"))]
 
+# The stat signature (size, mtime, inode) of each shard file when its sha256 last matched: a later check of
+# an unchanged file trusts it instead of reading every byte again (`iimm store check` always reads them).
+SHARD_VERIFIED = ["ALTER TABLE shards ADD COLUMN verified TEXT"]
+# A file modified less than this long before it was verified keeps no signature: a write in the same tick of a
+# coarse file clock would leave the mtime unchanged (git's "racily clean" entries).
+RACY_SECONDS = 2.0
+
 
 def default_store_root() -> Path:
     """`$IIMM_HOME` if set, else `~/.cache/iimm`."""
@@ -146,6 +154,7 @@ class Store:
                 con.execute(statement)
         self.migrate("shard_checksums", 1, SHARD_CHECKSUMS)
         self.migrate("set_last_used", 1, ["ALTER TABLE embedding_sets ADD COLUMN last_used REAL"])
+        self.migrate("shard_verified", 1, SHARD_VERIFIED)
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -222,15 +231,28 @@ class Store:
     def finished_shards(self, set_id: str, verify: bool = True) -> dict[int, tuple[int, list[str]]]:
         """idx -> (rows, skipped paths) for every shard recorded finished whose files are present.
 
-        verify: also check each file against its recorded size and sha256; a shard that fails (truncated,
-        altered, gone) is forgotten here, so the run that asked encodes it again.
+        verify: also check each file against its recorded size and sha256, reading it only when its size,
+        mtime or inode changed since its checksum last matched; a shard that fails (truncated, altered,
+        gone) is forgotten here, so the run that asked encodes it again.
         """
         with self.connect(write=False) as con:
             rows = [dict(r) for r in con.execute("SELECT * FROM shards WHERE set_id=?", (set_id,))]
         folder = self.set_dir(set_id)
-        bad = {r["idx"] for r in rows if shard_problem(folder, r, checksum=verify) is not None}
+        bad, verified = set(), {}
+        for r in rows:
+            stats = shard_stats(folder, r["idx"])
+            signature = shard_signature(stats)
+            unchanged = signature is not None and r.get("verified") == signature
+            if shard_problem(folder, r, checksum=verify and not unchanged, stats=stats) is not None:
+                bad.add(r["idx"])
+            elif verify and not unchanged:
+                verified[r["idx"]] = signature
         if bad:
             self.forget_shards(set_id, sorted(bad))
+        if any(v is not None for v in verified.values()):
+            with self.connect() as con:
+                con.executemany("UPDATE shards SET verified=? WHERE set_id=? AND idx=?",
+                                [(v, set_id, i) for i, v in verified.items() if v is not None])
         return {r["idx"]: (r["rows"], json.loads(r["skipped"])) for r in rows if r["idx"] not in bad}
 
     def shard_records(self, set_id: str) -> list[dict]:
@@ -252,10 +274,11 @@ class Store:
         if files is None:
             files = {kind: file_digest(self.set_dir(set_id) / shard_name(kind, idx)) for kind in SHARD_KINDS}
         sums = [v for kind in SHARD_KINDS for v in files[kind]]
+        signature = shard_signature(shard_stats(self.set_dir(set_id), idx))  # the files were just written or read
         with self.connect() as con:
             con.execute("INSERT OR REPLACE INTO shards (set_id, idx, rows, skipped, image_bytes, image_sha256, "
-                        "label_bytes, label_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (set_id, idx, rows, json.dumps(skipped), *sums))
+                        "label_bytes, label_sha256, verified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (set_id, idx, rows, json.dumps(skipped), *sums, signature))
 
     def touch_set(self, set_id: str) -> None:
         """Note that a set was read now (`iimm store ls` shows it as its last use)."""
@@ -385,18 +408,44 @@ def file_digest(path: Path) -> tuple[int, str]:
     return path.stat().st_size, digest.hexdigest()
 
 
-def shard_problem(folder: Path, record: dict, checksum: bool = True) -> str | None:
+def shard_stats(folder: Path, idx: int) -> dict[str, os.stat_result | None]:
+    """kind -> the stat of a shard's file (None when it is missing or not a regular file)."""
+    stats = {}
+    for kind in SHARD_KINDS:
+        try:
+            st = os.stat(os.path.join(folder, shard_name(kind, idx)))
+        except OSError:
+            st = None
+        stats[kind] = st if st is not None and stat.S_ISREG(st.st_mode) else None
+    return stats
+
+
+def shard_signature(stats: dict[str, os.stat_result | None]) -> str | None:
+    """"size:mtime_ns:inode" of each of a shard's files (`shard_stats`), or None when one is missing or was
+    modified less than RACY_SECONDS ago (its mtime could still hide a change)."""
+    if any(st is None for st in stats.values()):
+        return None
+    now = time.time_ns()
+    if any(now - st.st_mtime_ns < RACY_SECONDS * 1e9 for st in stats.values()):
+        return None
+    return " ".join(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}" for st in stats.values())
+
+
+def shard_problem(folder: Path, record: dict, checksum: bool = True,
+                  stats: dict[str, os.stat_result | None] | None = None) -> str | None:
     """What is wrong with a recorded shard's files in `folder` (missing, wrong size, wrong sha256), or None.
 
-    record: a `shards` row. checksum=False checks presence and size only (no read).
+    record: a `shards` row. checksum=False checks presence and size only (no read). stats: the files'
+    `shard_stats`, when the caller has them.
     """
+    stats = stats or shard_stats(folder, record["idx"])
     for kind in SHARD_KINDS:
         path = folder / shard_name(kind, record["idx"])
-        if not path.is_file():
+        if stats[kind] is None:
             return f"{path.name} is missing"
         size, sha = record.get(f"{kind}_bytes"), record.get(f"{kind}_sha256")
-        if size is not None and path.stat().st_size != size:
-            return f"{path.name} has {path.stat().st_size} bytes, {size} were written"
+        if size is not None and stats[kind].st_size != size:
+            return f"{path.name} has {stats[kind].st_size} bytes, {size} were written"
         if checksum and sha is not None and file_digest(path)[1] != sha:
             return f"{path.name} does not match the sha256 recorded when it was written"
     return None
