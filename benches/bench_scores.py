@@ -58,14 +58,15 @@ def test_iimm_vs_naive_pairwise(benchmark, task, backend):
 
 @pytest.mark.parametrize("backend", ["torch", "numba"])
 @pytest.mark.parametrize("key,metric,rounds", [("silhouette_class", "cosine", None),
-                                               ("silhouette_class_euclidean", "euclidean", 1)])
+                                               ("silhouette_class_euclidean", "euclidean", 3)])
 def test_silhouette_vs_sklearn(benchmark, task, backend, key, metric, rounds):
     """Targets: cosine ≥ 100× scikit-learn; Euclidean (all pairs, symmetric float32 tiles) ≥ 3×."""
     x, y, t, es = task
     xu = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
     peer_s, want = time_once(silhouette_score, xu, y, metric=metric)
     run = lambda: score(es, [key], backend=backend).scores[key]  # noqa: E731
-    got = benchmark(run) if rounds is None else benchmark.pedantic(run, rounds=rounds, iterations=1)
+    # one warm-up round: the first call in a process also loads numba's compiled loops from its cache
+    got = benchmark(run) if rounds is None else benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
     assert abs(got - want) < 1e-6
     record_ratio(benchmark, "sklearn", peer_s)
 

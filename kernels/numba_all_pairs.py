@@ -138,6 +138,45 @@ def _power(dist, mode, p):
     return max(dist, TINY) ** p
 
 
+# The run loops index views from 0: with bounds read from an array, numba cannot rule out negative indices
+# (which wrap around), and the loops would not vectorise (5× slower).
+@numba.njit(nogil=True, cache=True, fastmath=REASSOC, inline="always")
+def _euclidean_run(dots, sq_keys, col, sq_i, near_dot):
+    """One query row against a run of keys: dots (b,), sq_keys (b,) ‖x̂_j‖², col (b,) += each distance ->
+    (Σ distances, near pairs); near pairs (dot above near_dot) add 0 here and are redone from their rows."""
+    total = 0.0
+    near = 0
+    for u in range(dots.shape[0]):
+        dot = np.float64(dots[u])
+        near += dot > near_dot
+        de = math.sqrt(max(sq_i + sq_keys[u] - 2.0 * dot, 0.0)) if not dot > near_dot else 0.0
+        col[u] += de
+        total += de
+    return total, near
+
+
+@numba.njit(nogil=True, cache=True, fastmath=REASSOC, inline="always")
+def _cosine_run(dots, col, mode, p, near_dot):
+    """As `_euclidean_run` for the cosine distance's power term (log for p = 0)."""
+    total = 0.0
+    near = 0
+    if mode == POWER_ONE:
+        for u in range(dots.shape[0]):
+            dot = np.float64(dots[u])
+            near += dot > near_dot
+            tc = max(1.0 - dot, 0.0) if not dot > near_dot else 0.0
+            col[u] += tc
+            total += tc
+    else:
+        for u in range(dots.shape[0]):
+            dot = np.float64(dots[u])
+            near += dot > near_dot
+            tc = _power(max(1.0 - dot, 0.0), mode, p) if not dot > near_dot else 0.0
+            col[u] += tc
+            total += tc
+    return total, near
+
+
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=REASSOC)
 def _tile_pass(dots, x, sq, lab, runs, run_of_row, i0, j0, diagonal, do_e, do_c, mode, p, zero_eps, near_dot,
                parts, col_e, col_c, out_e, out_c, skipped_c):
@@ -168,29 +207,11 @@ def _tile_pass(dots, x, sq, lab, runs, run_of_row, i0, j0, diagonal, do_e, do_c,
                 near = 0
                 sum_e = 0.0
                 if do_e:
-                    for t in range(s, end):
-                        dot = np.float64(dots[r, t])
-                        near += dot > near_dot
-                        de = math.sqrt(max(sq_i + sq[j0 + t] - 2.0 * dot, 0.0)) if not dot > near_dot else 0.0
-                        col_e[w, kr, t] += de
-                        sum_e += de
+                    sum_e, near = _euclidean_run(dots[r, s:end], sq[j0 + s:j0 + end], col_e[w, kr, s:end], sq_i,
+                                                 near_dot)
                 sum_c = 0.0
                 if do_c:
-                    near = 0
-                    if mode == POWER_ONE:
-                        for t in range(s, end):
-                            dot = np.float64(dots[r, t])
-                            near += dot > near_dot
-                            tc = max(1.0 - dot, 0.0) if not dot > near_dot else 0.0
-                            col_c[w, kr, t] += tc
-                            sum_c += tc
-                    else:
-                        for t in range(s, end):
-                            dot = np.float64(dots[r, t])
-                            near += dot > near_dot
-                            tc = _power(max(1.0 - dot, 0.0), mode, p) if not dot > near_dot else 0.0
-                            col_c[w, kr, t] += tc
-                            sum_c += tc
+                    sum_c, near = _cosine_run(dots[r, s:end], col_c[w, kr, s:end], mode, p, near_dot)
                 skipped = 0
                 if near:
                     for t in range(s, end):

@@ -30,7 +30,7 @@ import triton.language as tl
 from . import triton_settings as settings
 from .reference import (ALL_PAIRS_TILE, NEAR_COS_DISTANCE, AllPairsSums, check_pairwise_args, checked_tile_pairs,
                         normalise_rows, tile_pairs)
-from .triton_common import CompileVariant, check_labels, kernel_device, kernel_rows, label_order
+from .triton_common import CompileVariant, check_labels, first_flagged, kernel_device, kernel_rows, label_order
 
 
 @triton.jit
@@ -54,19 +54,15 @@ def _refine_near_pairs(dots, sq_dist, near, x_ptr, stride_x, rows, cols, D,
 
     Near pairs are rare (duplicates and near-duplicates), so each is redone on its own from its two rows.
     """
-    r = tl.arange(0, BLOCK_M)
-    s = tl.arange(0, BLOCK_N)
-    flat = r[:, None] * BLOCK_N + s[None, :]
     remaining = tl.sum(tl.sum(near.to(tl.int32), axis=1), axis=0)
     while remaining > 0:
-        first = tl.min(tl.min(tl.where(near, flat, BLOCK_M * BLOCK_N), axis=1), axis=0)
-        i = tl.sum(tl.where(r == first // BLOCK_N, rows, 0), axis=0)
-        j = tl.sum(tl.where(s == first % BLOCK_N, cols, 0), axis=0)
+        r, s, this = first_flagged(near, BLOCK_M, BLOCK_N)
+        i = tl.sum(tl.where(tl.arange(0, BLOCK_M) == r, rows, 0), axis=0)
+        j = tl.sum(tl.where(tl.arange(0, BLOCK_N) == s, cols, 0), axis=0)
         dot, sq = _exact_pair(x_ptr, stride_x, i, j, D, BLOCK_DK)
-        this = flat == first
         dots = tl.where(this, dot, dots)
         sq_dist = tl.where(this, sq, sq_dist)
-        near = near & (flat != first)
+        near = near & ~this
         remaining -= 1
     return dots, sq_dist
 

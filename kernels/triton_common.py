@@ -57,6 +57,17 @@ def is_bad_norm(norm):
     return (norm == 0) | (norm != norm) | (norm == float("inf"))
 
 
+@triton.jit
+def first_flagged(flags, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(row, column, one-hot mask) of the first set entry, in row-major order, of a (BLOCK_M, BLOCK_N) mask.
+
+    The loop over the rare flagged pairs of a tile (near-duplicates redone exactly) takes them one at a time.
+    """
+    flat = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    first = tl.min(tl.min(tl.where(flags, flat, BLOCK_M * BLOCK_N), axis=1), axis=0)
+    return first // BLOCK_N, first % BLOCK_N, flat == first
+
+
 def kernels_interpreted() -> bool:
     """Whether Triton built this process's kernels for its CPU interpreter (fixed when they were decorated)."""
     return isinstance(norm_denominator, InterpretedFunction)

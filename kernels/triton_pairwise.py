@@ -25,8 +25,8 @@ import triton.language as tl
 from ..errors import InputError
 from . import triton_settings as settings
 from .reference import PairwiseSums, as_tensor, check_pairwise_args
-from .triton_common import (CompileVariant, check_labels, divide, kernel_device, kernel_rows, label_order,
-                            norm_denominator)
+from .triton_common import (CompileVariant, check_labels, divide, first_flagged, kernel_device, kernel_rows,
+                            label_order, norm_denominator)
 
 
 @triton.jit
@@ -74,20 +74,16 @@ def _refine_near_pairs(sq_dist, near, q_ptr, stride_q, qi, q_denom, k_ptr, strid
     """
     rows = tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
-    flat = rows[:, None] * BLOCK_N + cols[None, :]
     remaining = tl.sum(tl.sum(near.to(tl.int32), axis=1), axis=0)
     while remaining > 0:
-        first = tl.min(tl.min(tl.where(near, flat, BLOCK_M * BLOCK_N), axis=1), axis=0)
-        i = first // BLOCK_N
-        j = first % BLOCK_N
+        i, j, this = first_flagged(near, BLOCK_M, BLOCK_N)
         q_row = tl.sum(tl.where(rows == i, qi, 0), axis=0)
         k_row = tl.sum(tl.where(cols == j, kidx, 0), axis=0)
         qd = tl.sum(tl.where(rows == i, q_denom, 0.0), axis=0)
         kd = tl.sum(tl.where(cols == j, k_denom, 0.0), axis=0)
         exact = _exact_sq_distance(q_ptr, stride_q, q_row, qd, k_ptr, stride_k, k_row, kd, D, IS_FP64, BLOCK_DK)
-        this = flat == first
         sq_dist = tl.where(this, exact, sq_dist)
-        near = near & (flat != first)
+        near = near & ~this
         remaining -= 1
     return sq_dist
 
