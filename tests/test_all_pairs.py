@@ -26,8 +26,13 @@ def naive_class_sums(x, y, c, metric, p=1.0, zero_eps=0.0):
     return np.where(keep, term, 0.0) @ onehot, keep.astype(float) @ onehot
 
 
+def device_of(backend):
+    """Triton runs on the GPU where there is one (else on the CPU, interpreted); the others on the CPU."""
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
 def sums_of(backend, x, y, c, tile, **kw):
-    be = get_backend(backend, "cpu")
+    be = get_backend(backend, device_of(backend))
     out = be.all_pairs_class_sums(be.tensor(x), be.tensor(y), c, tile=tile, **kw)
     return [None if a is None else a.cpu().numpy() for a in out]
 
@@ -145,7 +150,7 @@ def test_estimate_is_one_timed_tile_times_the_tile_pairs(monkeypatch):
     assert 15 * 0.05 <= seconds < 15 * 0.05 * 3  # 5 tiles: 15 unordered tile pairs
 
 
-@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_units_of_tile_pairs_add_up_to_the_whole_sweep_without_ray(backend):
     """The unit worker of the sharded sweep (engine/scoring/sharded_pairs.py), called as a plain function: its
     per-group sums over a partition of the tile pairs add up to the whole op's sums, counts exactly."""
@@ -159,7 +164,7 @@ def test_units_of_tile_pairs_add_up_to_the_whole_sweep_without_ray(backend):
     assert [len(g.pairs) for g in groups] == [4, 4, 4, 3]  # 5 tiles: 15 unordered pairs
     assert sorted(p for g in groups for p in g.pairs) == sorted((i, j) for i in range(0, 70, 16)
                                                                 for j in range(i, 70, 16))
-    job = AllPairsJob((x, y), 5, True, 0.5, 1e-6, backend, "cpu", 16)
+    job = AllPairsJob((x, y), 5, True, 0.5, 1e-6, backend, device_of(backend), 16)
     total = [np.zeros((70, 5)) for _ in range(3)]
     for g in groups:
         part = job(g)
@@ -169,7 +174,7 @@ def test_units_of_tile_pairs_add_up_to_the_whole_sweep_without_ray(backend):
     np.testing.assert_allclose(total[0], whole[0], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(total[1], whole[1], rtol=1e-12, atol=1e-12)
     assert np.array_equal(total[2], whole[2])
-    driven = ShardedAllPairs("local", backend, "cpu", tile=16, pairs_per_unit=4)(
+    driven = ShardedAllPairs("local", backend, device_of(backend), tile=16, pairs_per_unit=4)(
         torch.from_numpy(x), torch.from_numpy(y), 5, euclidean=True, cosine_p=0.5, zero_eps=1e-6)
     np.testing.assert_allclose(driven.euclidean.numpy(), whole[0], rtol=1e-12, atol=1e-12)
     assert torch.equal(driven.cosine_pairs, torch.from_numpy(whole[2]))
