@@ -97,6 +97,13 @@ def test_class_text_embeddings_is_the_prompt_ensemble(tiny_model_dir):
     torch.testing.assert_close(got.norm(dim=1), torch.ones(3, dtype=torch.float64))
 
 
+def test_a_relative_local_dir_records_its_weights_by_absolute_path(tiny_model_dir, monkeypatch):
+    monkeypatch.chdir(Path(tiny_model_dir).parent)
+    spec = resolve_model(f"local-dir:{Path(tiny_model_dir).name}")
+    assert spec.pretrained == str(Path(tiny_model_dir).absolute() / "open_clip_model.safetensors")
+    assert spec.name == f"local-dir:{Path(tiny_model_dir).name}"  # the name as given
+
+
 def test_fingerprint_tracks_weights_not_path(tmp_path, tiny_model_dir):
     a = resolve_model(f"local-dir:{tiny_model_dir}")
     copy = tmp_path / "copy"

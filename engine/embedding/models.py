@@ -133,7 +133,8 @@ def resolve_model(name: str, pretrained: str | None = None, *,
         raise InputError(f"model name {name!r}: {exc}; give a path after local-dir: or ORG/REPO after hf-hub:") from exc
 
     if schema == "local-dir":
-        model_cfg, preprocess_overlay, checkpoint = _resolve_local_dir(name, Path(identifier))
+        # absolute: the weights file is recorded in the store and in reports, read from any folder later
+        model_cfg, preprocess_overlay, checkpoint = _resolve_local_dir(name, Path(identifier).expanduser().absolute())
         pretrained = checkpoint
     elif schema == "hf-hub":
         model_cfg, preprocess_overlay, checkpoint = _resolve_hf_hub(name, identifier)
