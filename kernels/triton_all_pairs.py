@@ -68,22 +68,28 @@ def _refine_near_pairs(dots, sq_dist, near, x_ptr, stride_x, rows, cols, D,
 
 
 @triton.jit
-def _add_by_class(out_ptr, C, values, rows, row_ok, col_labels, col_ok, big_label):
-    """out[rows[r], c] += Σ_s values[r, s] over the columns s of class c, for each class run of the columns."""
-    c = tl.min(tl.where(col_ok, col_labels, big_label), axis=0)
-    c_last = tl.max(tl.where(col_ok, col_labels, -1), axis=0)
+def _add_by_class(out_ptr, C, values, idx, idx_ok, other_labels, other_ok, big_label, AXIS: tl.constexpr):
+    """For each class run c of the other side's rows: out[idx, c] += the sum of `values` over that run.
+
+    AXIS = 1: idx are the tile's rows and the runs are along its columns; AXIS = 0: the other way round.
+    """
+    c = tl.min(tl.where(other_ok, other_labels, big_label), axis=0)
+    c_last = tl.max(tl.where(other_ok, other_labels, -1), axis=0)
     while c <= c_last:
-        in_class = col_ok & (col_labels == c)
-        total = tl.sum(tl.where(in_class[None, :], values, 0), axis=1)
-        tl.atomic_add(out_ptr + rows * C + c, total, mask=row_ok, sem="relaxed")
-        c = tl.min(tl.where(col_ok & (col_labels > c), col_labels, c_last + 1), axis=0)
+        in_class = other_ok & (other_labels == c)
+        if AXIS == 1:
+            total = tl.sum(tl.where(in_class[None, :], values, 0), axis=1)
+        else:
+            total = tl.sum(tl.where(in_class[:, None], values, 0), axis=0)
+        tl.atomic_add(out_ptr + idx * C + c, total, mask=idx_ok, sem="relaxed")
+        c = tl.min(tl.where(other_ok & (other_labels > c), other_labels, c_last + 1), axis=0)
 
 
 @triton.jit
 def _add_both_sides(out_ptr, C, values, rows, row_ok, row_labels, cols, col_ok, col_labels, big_label):
     """values (BLOCK_M, BLOCK_N) of pairs (rows[r], cols[s]) -> out[row, class of col] and out[col, class of row]."""
-    _add_by_class(out_ptr, C, values, rows, row_ok, col_labels, col_ok, big_label)
-    _add_by_class(out_ptr, C, tl.trans(values), cols, col_ok, row_labels, row_ok, big_label)
+    _add_by_class(out_ptr, C, values, rows, row_ok, col_labels, col_ok, big_label, 1)
+    _add_by_class(out_ptr, C, values, cols, col_ok, row_labels, row_ok, big_label, 0)
 
 
 # The outputs accumulate across launches: autotuning's trial runs must not leave their sums in them.
