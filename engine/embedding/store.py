@@ -271,10 +271,10 @@ class Store:
                      files: dict[str, tuple[int, str]] | None = None) -> None:
         """Record a finished shard. files: kind -> (bytes, sha256) as `write_shard` returns them; None reads
         them from the shard's files (a driver recording what workers wrote)."""
+        signature = shard_signature(shard_stats(self.set_dir(set_id), idx))  # taken before any hashing below
         if files is None:
             files = {kind: file_digest(self.set_dir(set_id) / shard_name(kind, idx)) for kind in SHARD_KINDS}
         sums = [v for kind in SHARD_KINDS for v in files[kind]]
-        signature = shard_signature(shard_stats(self.set_dir(set_id), idx))  # the files were just written or read
         with self.connect() as con:
             con.execute("INSERT OR REPLACE INTO shards (set_id, idx, rows, skipped, image_bytes, image_sha256, "
                         "label_bytes, label_sha256, verified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
