@@ -25,7 +25,7 @@ import torch
 
 from .numba_pairwise import POWER_HALF, POWER_LOG, POWER_ONE, POWER_TWO, power_mode
 from .numba_rows import REASSOC, TINY, kernel_labels, kernel_rows, normalise_rows
-from .reference import (ALL_PAIRS_TILE, NEAR_COS_DISTANCE, AllPairsSums, check_pairwise_args, checked_tile_pairs,
+from .reference import (ALL_PAIRS_TILE, AllPairsSums, check_pairwise_args, checked_tile_pairs, near_dot,
                         tile_pairs)
 
 PARTS_PER_THREAD = 4  # contiguous ranges of query rows per thread, each with its own column sums
@@ -53,7 +53,7 @@ def all_pairs_class_sums(rows, labels, num_classes: int, *, euclidean: bool = Tr
     parts = PARTS_PER_THREAD * numba.get_num_threads()
     p = 1.0 if cosine_p is None else float(cosine_p)
     mode = power_mode(p)
-    near_dot = 1.0 - max(NEAR_COS_DISTANCE, 10.0 * float(zero_eps))  # every other pair counts
+    near = near_dot(zero_eps)  # every other pair counts
     todo = tile_pairs(n, tile) if pairs is None else checked_tile_pairs(pairs, n, tile)
     col_e = col_c = np.zeros((0, 0, 0))
     for done, (i0, j0) in enumerate(todo, 1):
@@ -67,13 +67,13 @@ def all_pairs_class_sums(rows, labels, num_classes: int, *, euclidean: bool = Tr
             col_c = np.zeros(shape)
         with numba.parallel_chunksize(1):  # parts go to whichever thread is free
             skipped = _tile_pass(dots, x, sq, lab, runs, run_of_row, i0, j0, i0 == j0, do_e, do_c, mode, p,
-                                 float(zero_eps), near_dot, parts, col_e, col_c, out_e, out_c, skipped_c)
+                                 float(zero_eps), near, parts, col_e, col_c, out_e, out_c, skipped_c)
         if do_e:
             _flush_columns(col_e, run_class, j0, j1 - j0, out_e)
         if do_c:
             _flush_columns(col_c, run_class, j0, j1 - j0, out_c)
             if skipped:
-                _skipped_columns(dots, x, lab, i0, j0, i0 == j0, float(zero_eps), near_dot, skipped_c)
+                _skipped_columns(dots, x, lab, i0, j0, i0 == j0, float(zero_eps), near, skipped_c)
         if progress:
             progress(done, len(todo))
     back = np.empty_like(order)

@@ -186,6 +186,12 @@ def pairwise_class_sums(queries: torch.Tensor, keys: torch.Tensor, key_labels: t
 # two rows in float64: there the float32 dot product's rounding (~1e-7) is large against the distance
 # (and decides which pairs fall under zero_eps). For unit rows it is a Euclidean distance below ~0.045.
 NEAR_COS_DISTANCE = 1e-3
+
+
+def near_dot(zero_eps: float) -> float:
+    """Products x̂_i·x̂_j above this are recomputed in float64: cosine distances below NEAR_COS_DISTANCE, and every
+    pair zero_eps might drop (so that d ≤ zero_eps is decided on the float64 distance). The same on every backend."""
+    return 1.0 - max(NEAR_COS_DISTANCE, 10.0 * float(zero_eps))
 ALL_PAIRS_TILE = 2048
 
 
@@ -235,7 +241,7 @@ def all_pairs_class_sums(rows: torch.Tensor, labels: torch.Tensor, num_classes: 
     sums of a partition of the tile pairs add up to the whole), None for all of them.
 
     Each unordered tile pair is one float32 matrix product (float64 for float64 rows) whose distances
-    are added to both of its sides; the Euclidean and cosine sums share it. Near pairs (see NEAR_COS_DISTANCE) are recomputed
+    are added to both of its sides; the Euclidean and cosine sums share it. Near pairs (see `near_dot`) are recomputed
     in float64. progress(done, total) is called after each tile pair.
     """
     if cosine_p is not None:
@@ -248,13 +254,14 @@ def all_pairs_class_sums(rows: torch.Tensor, labels: torch.Tensor, num_classes: 
     out_e = new() if euclidean else None
     out_c, pairs_c = (new(), new()) if cosine_p is not None else (None, None)
     todo = tile_pairs(n, tile) if pairs is None else checked_tile_pairs(pairs, n, tile)
+    near = near_dot(zero_eps)
     for done, (i0, j0) in enumerate(todo, 1):
         i1, j1 = min(n, i0 + tile), min(n, j0 + tile)
         dots = (xg[i0:i1] @ xg[j0:j1].T).double()
         pair = torch.ones_like(dots, dtype=torch.bool)
         if i0 == j0:
             pair = torch.triu(pair, diagonal=1)
-        ii, jj = torch.nonzero(pair & (dots > 1.0 - NEAR_COS_DISTANCE), as_tuple=True)
+        ii, jj = torch.nonzero(pair & (dots > near), as_tuple=True)
         xi, xj = x[i0 + ii].double(), x[j0 + jj].double()
         lab_i, lab_j = labels[i0:i1], labels[j0:j1]
         if euclidean:

@@ -8,7 +8,7 @@ block. For each tile pair (i0, j0), i0 ≤ j0, of `reference.tile_pairs` it laun
 1. computes its block of dot products with `tl.dot` (three-pass TF32 on tensor cores for float32,
    which keeps float32 accuracy; IEEE float64 for float64 rows);
 2. recomputes in float64, from the two rows, every pair whose cosine distance is below
-   `NEAR_COS_DISTANCE` (or 10·zero_eps), where the float32 product's rounding matters;
+   `NEAR_COS_DISTANCE` (`reference.near_dot`), where the float32 product's rounding matters;
 3. turns each dot into the Euclidean distance and/or the cosine distance's power (one product feeds
    both scores), in float64;
 4. sums each query row's distances over every class run of the block's keys, and each key's over
@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from . import triton_settings as settings
-from .reference import (ALL_PAIRS_TILE, NEAR_COS_DISTANCE, AllPairsSums, check_pairwise_args, checked_tile_pairs,
+from .reference import (ALL_PAIRS_TILE, AllPairsSums, check_pairwise_args, checked_tile_pairs, near_dot,
                         normalise_rows, tile_pairs)
 from .triton_common import CompileVariant, check_labels, first_flagged, kernel_device, kernel_rows, label_order
 
@@ -174,8 +174,7 @@ def all_pairs_class_sums(rows, labels, num_classes: int, *, euclidean: bool = Tr
         xs, sq = xs[order].contiguous(), sq[order].contiguous()
         p = 1.0 if cosine_p is None else float(cosine_p)
         power = 1 if p == 1.0 else 0 if p == 0.0 else 2
-        near_dot = 1.0 - max(NEAR_COS_DISTANCE, 10.0 * float(zero_eps))
-        params = torch.tensor([p, float(zero_eps), near_dot], dtype=torch.float64, device=device)
+        params = torch.tensor([p, float(zero_eps), near_dot(zero_eps)], dtype=torch.float64, device=device)
         placeholder = torch.zeros(1, dtype=torch.float64, device=device)
         consts = dict(EUCLIDEAN=bool(euclidean), COSINE=do_c, POWER=power, IS_FP64=xs.dtype == torch.float64,
                       PREC=settings.dot_precision(xs.dtype))
