@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pytest
 from sklearn.metrics import silhouette_score
 
 from iimm.engine import EmbeddingSet, score

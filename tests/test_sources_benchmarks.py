@@ -11,7 +11,8 @@ from PIL import Image
 
 import fixtures_datasets as fx
 from iimm.engine import score
-from iimm.engine.embedding.data import load_image_dataset, load_template_set
+from iimm.engine.embedding.data import load_image_dataset
+from iimm.engine.embedding.prompts import load_template_set
 from iimm.engine.embedding.extract import embed_dataset
 from iimm.engine.embedding.sources.classnames import EUROSAT, GTSRB
 from iimm.errors import InputError

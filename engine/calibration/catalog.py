@@ -22,7 +22,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..embedding.data import MANIFEST_EXTENSIONS, PLACEHOLDER, list_template_sets, load_classnames
+from ..embedding.data import MANIFEST_EXTENSIONS, load_classnames
+from ..embedding.prompts import PLACEHOLDER, list_template_sets
 from ...errors import InputError
 
 if sys.version_info >= (3, 11):

@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from ...errors import InputError
-from .prompts import (DEFAULT_TEMPLATE, PLACEHOLDER, TEMPLATE_DIR, fill_template,  # noqa: F401 - re-exported
-                      list_template_sets, load_template_file, load_template_set, resolve_templates)
+from .prompts import resolve_templates
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                               ".pbm", ".jfif"})

@@ -236,7 +236,7 @@ def class_text_embeddings(lm: LoadedModel, classnames: list[str], templates: lis
     Each prompt `template.replace("{}", name)` is encoded and L2-normalised; a class's
     prompts are averaged and the mean is renormalised (the CLIP prompt ensemble).
     """
-    from .data import fill_template
+    from .prompts import fill_template
 
     if not classnames:
         raise InputError("no class names; a dataset needs at least one class")

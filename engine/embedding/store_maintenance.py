@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ...errors import InputError
-from .store import SHARD_KINDS, Store, shard_name, shard_problem
+from .store import Store, shard_name, shard_problem
 
 SET_FILES = ("text.npy", "classnames.json", "meta.json")  # besides the shards, in a finished set
 TEMP_SUFFIXES = (".tmp", ".link", ".probe")

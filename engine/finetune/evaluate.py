@@ -15,7 +15,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..embedding.data import ImageDataset, collate_skipping, fill_template
+from ..embedding.data import ImageDataset, collate_skipping
+from ..embedding.prompts import fill_template
 from ...errors import InputError
 from ..embedding.models import encode_dtype
 

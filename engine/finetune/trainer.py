@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..embedding.data import ImageDataset, collate_skipping
 from ...errors import InputError
 from ..embedding.models import encode_dtype
-from .config import DEFAULT_LR, OPTIMIZERS, SCHEDULES, TrainConfig  # noqa: F401 - re-exported
+from .config import TrainConfig
 from .evaluate import accuracy, autocast, class_embeddings
 from .interrupt import StopSignals
 from .records import (CHECKPOINT_FILE, RESUME_FILE, RESUME_FORMAT, load_tensors, load_trainable, save_checkpoint,

@@ -270,7 +270,13 @@ def run_pass(plan: ScorePlan, k: int, es: EmbeddingSet, backend: Backend, chunk_
     """Pass k over one unit (all of `es`, or its rows [lo, hi)): each chunk is read once and fed to every
     accumulator of the pass. Returns the unit's accumulators (`.state_dicts()` to ship them)."""
     accs = plan.new_accumulators(k)
-    chunk_rows = chunk_rows or plan.chunk_rows or 16_384
+    return feed(accs, es, backend, chunk_rows or plan.chunk_rows or 16_384, rows=rows, progress=progress,
+                stage=plan.stage(k))
+
+
+def feed(accs: PassResult, es: EmbeddingSet, backend: Backend, chunk_rows: int, *, rows: tuple[int, int] | None = None,
+         progress: Callable[[str, int, int], None] | None = None, stage: str = "pass") -> PassResult:
+    """Read `es` (or its rows [lo, hi)) once, chunk by chunk, into every accumulator of `accs`; returns `accs`."""
     total = es.n if rows is None else rows[1] - rows[0]
     done = 0
     for start, block, labels in chunks(es, chunk_rows, rows):
@@ -279,7 +285,7 @@ def run_pass(plan: ScorePlan, k: int, es: EmbeddingSet, backend: Backend, chunk_
             acc.update(chunk)
         done += len(block)
         if progress:
-            progress(plan.stage(k), done, total)
+            progress(stage, done, total)
     return accs
 
 

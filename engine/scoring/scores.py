@@ -20,12 +20,10 @@ from ... import __version__
 from ...errors import BadRowError, InputError
 from ...kernels import Backend, get_backend
 from ..embedding.embedding_set import EmbeddingSet
-from .options import DEFAULT_QUADRATIC_LIMIT, ScoreOptions, check_label_sets, default_chunk_rows  # noqa: F401
+from .options import ScoreOptions, check_label_sets, default_chunk_rows
 from .pairwise import AllPairsEstimate
-from .chunk import Chunk
-from .passes import ScorePlan, run_pass, run_plan
-from .registry import (BASELINE, METRIC_GROUPS, REGISTRY, SCORES, STATISTICS, ScoreSpec,  # noqa: F401
-                       resolve_keys)
+from .passes import PassResult, ScorePlan, feed, run_pass, run_plan
+from .registry import BASELINE, REGISTRY, SCORES, STATISTICS, resolve_keys
 from .stats import ClassStats
 
 
@@ -218,14 +216,8 @@ def run_pass2(es: EmbeddingSet, be: Backend, chunk_rows: int, passes: set[str], 
     """One read of the rows feeding the pass-2 statistics named in `passes` ("zeroshot", "silhouette_class",
     "modality"), measured against `class_stats`, the merged pass 1 of the whole set."""
     plan = _linear_plan(class_stats, text, be.device)
-    accs = {name: STATISTICS[name].build(plan, 0) for name in PASS2_STATISTICS if name in passes}
-    for start, rows, labels in es.iter_chunks(chunk_rows):
-        chunk = Chunk(None, labels, start, rows=rows, backend=be)
-        for acc in accs.values():
-            acc.update(chunk)
-        if progress:
-            progress("pass 2", start + len(rows), es.n)
-    return accs
+    accs = PassResult({name: STATISTICS[name].build(plan, 0) for name in PASS2_STATISTICS if name in passes})
+    return feed(accs, es, be, chunk_rows, progress=progress, stage="pass 2")
 
 
 def finalize_linear(stats: ClassStats, text: torch.Tensor, pass2: dict) -> dict[str, float]:

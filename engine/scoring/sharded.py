@@ -34,7 +34,7 @@ from ..embedding.embedding_set import EmbeddingSet
 from ..embedding.loaders import load_embeddings
 from ..files import write_atomic
 from ..hashing import hash_json
-from .options import default_chunk_rows
+from .options import ScoreOptions, default_chunk_rows
 from .passes import ScorePlan, run_pass
 from .registry import resolve_keys
 from .sharded_pairs import DEFAULT_PAIRS_PER_UNIT, ShardedAllPairs

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 from ....errors import InputError
-from ..data import ImageDataset, ImageItem, _scan_class_folders, apply_classnames, load_template_set
+from ..data import ImageDataset, ImageItem, _scan_class_folders, apply_classnames
+from ..prompts import load_template_set
 from . import torchvision_benchmarks as tv
 
 
