@@ -13,9 +13,8 @@ import torch
 from PIL import Image
 
 from fixtures_tiny import DIGIT_WORDS
-from iimm.engine.embedding.data import (
-    DEFAULT_TEMPLATE, collate_skipping, list_template_sets, load_image_dataset, load_template_set, resolve_templates,
-)
+from iimm.engine.embedding.data import collate_skipping, load_image_dataset
+from iimm.engine.embedding.prompts import DEFAULT_TEMPLATE, list_template_sets, load_template_set, resolve_templates
 from iimm.errors import InputError
 
 

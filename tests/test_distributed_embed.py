@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from fixtures_tiny import write_digits_png
 from iimm.cli.embed import embed
 from iimm.engine import load_embeddings
-from iimm.engine.embedding.data import load_image_dataset, resolve_templates
+from iimm.engine.embedding.data import load_image_dataset
+from iimm.engine.embedding.prompts import resolve_templates
 from iimm.engine.embedding.extract import embed_dataset
 from iimm.engine.embedding.models import resolve_model
 from iimm.engine.embedding.shard_units import ShardJob, marker_name, read_marker

@@ -303,3 +303,21 @@ def test_cli_score_from_images_matches_score_of_embeddings(tmp_path, tiny_model_
     res = runner.invoke(score_cmd, ["--model", "clip", "--no-progress"])
     assert isinstance(res.exception, InputError) and "--data is missing" in str(res.exception)
 
+
+
+def test_stored_embeddings_finds_the_set_embed_dataset_wrote_with_the_sources_own_templates(tmp_path, tiny_model_dir,
+                                                                                        small_digits):
+    """A scheduler's look-up (`stored_embeddings`) names the very set `embed_dataset` writes, also when the
+    dataset brings its own prompt templates (CLIP_benchmark roots, benchmarks by name) and none are given."""
+    from iimm.engine.embedding.data import load_image_dataset
+    from iimm.engine.embedding.extract import stored_embeddings
+    from iimm.engine.embedding.models import resolve_model
+
+    ds = load_image_dataset(str(small_digits))
+    ds.templates = ["a blurry photo of the digit {}.", "a drawing of {}."]
+    spec = resolve_model(f"local-dir:{tiny_model_dir}")
+    store = tmp_path / "store"
+    assert stored_embeddings(spec, ds, device="cpu", store=store) == (50, False)
+    embed_dataset(spec, ds, store=store, workers=0, device="cpu")
+    assert stored_embeddings(spec, ds, device="cpu", store=store) == (50, True)
+    assert stored_embeddings(spec, ds, templates=["a photo of {}."], device="cpu", store=store) == (50, False)

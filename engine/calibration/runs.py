@@ -17,7 +17,8 @@ from typing import Callable, Sequence
 
 from ..distributed import Executor, UnitFailure, as_executor, map_units, model_task_resources
 from .catalog import Catalog, Dataset
-from ..embedding.data import ImageDataset, load_image_dataset, resolve_templates
+from ..embedding.data import ImageDataset, load_image_dataset
+from ..embedding.prompts import resolve_templates
 from ...errors import InputError, one_line
 from ..finetune import DataOptions, EvalOptions, EvalTask, MethodOptions, TrainConfig, finetune
 from .fit import MIN_TASKS, Calibration, fit_calibration

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from .catalog import Catalog, Dataset
 from ..distributed import Executor, UnitFailure, as_executor, map_units, model_task_resources
+from ..embedding.data import ImageDataset, load_image_dataset
 from ..embedding.extract import embed_dataset, stored_embeddings
 from ...errors import one_line
 from ..embedding.models import ModelPool, ModelSpec, resolve_model
@@ -186,14 +187,22 @@ def plan_cells(specs: Sequence[tuple[str, ModelSpec]], datasets: Sequence[Datase
     """Every (model, dataset) cell, grouped by model (a worker keeps its model for the next cell of the same
     model), the largest datasets first within a model. A dataset that cannot be listed fails its cells here."""
     options = {k: embed_options[k] for k in ("dtype", "store") if k in embed_options}
+    listed: dict[str, ImageDataset | Exception] = {}
+    for ds in datasets:  # each dataset is listed (one stat per image) once, whatever the number of models
+        try:
+            listed[ds.name] = load_image_dataset(str(ds.images), ds.classnames)
+        except Exception as exc:  # noqa: BLE001 - reported per cell
+            listed[ds.name] = exc
     cells = []
     for model, spec in specs:
         group = []
         for ds in datasets:
             try:
-                images, stored = stored_embeddings(spec, str(ds.images), templates=ds.templates,
+                if isinstance(listed[ds.name], Exception):
+                    raise listed[ds.name]
+                images, stored = stored_embeddings(spec, listed[ds.name], templates=ds.templates,
                                                    template_file=ds.template_file, template_set=ds.template_set,
-                                                   classnames=ds.classnames, device=device, **options)
+                                                   device=device, **options)
             except Exception as exc:  # noqa: BLE001 - reported per cell
                 failed(ds.name, model, exc)
                 continue

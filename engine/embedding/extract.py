@@ -17,7 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .data import ImageDataset, collate_skipping, load_image_dataset, resolve_templates
+from .data import ImageDataset, collate_skipping, load_image_dataset
+from .prompts import resolve_templates
 from .embedding_set import EmbeddingSet
 from .loaders import load_embeddings
 from ...errors import InputError
@@ -113,8 +114,7 @@ def stored_embeddings(model: ModelSpec, data, *, templates=None, template_file=N
     """(items in the dataset, whether `embed_dataset` with these arguments would find its set complete in the
     store and encode nothing): how a scheduler sizes a cell and tells encoding work from scoring work."""
     ds = data if isinstance(data, ImageDataset) else load_image_dataset(data, classnames, split, domain)
-    run = _Run(model, ds, resolve_templates(templates, template_file, template_set), dtype, 1, 0, device, 1.0,
-               None, None)
+    run = _Run(model, ds, ds.prompts(templates, template_file, template_set), dtype, 1, 0, device, 1.0, None, None)
     row = open_store(store).get_set(run.keys()[2])
     return len(ds), row is not None and row["status"] == "complete"
 
