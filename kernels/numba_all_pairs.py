@@ -7,7 +7,7 @@ tile's keys of one class are one contiguous run. For each tile pair (I, J), I â‰
 2. one numba loop, parallel over ranges of query rows, turns each dot into distances (Euclidean
    and/or cosine from the same dot), sums each row's run of keys of one class into
    `out[i, class]` and, in the same loop, adds each distance into its range's column sums for the
-   query row's class; pairs whose cosine distance is below `NEAR_COS_DISTANCE` are recomputed from
+   query row's class; pairs above `reference.near_dot` (cosine distance below 1e-3) are recomputed from
    their two rows in float64 (where float32 rounding matters);
 3. the ranges' column sums are added into `out[j, class]`.
 
@@ -24,13 +24,14 @@ import numpy as np
 import torch
 
 from .numba_pairwise import POWER_HALF, POWER_LOG, POWER_ONE, POWER_TWO, power_mode
-from .numba_rows import REASSOC, TINY, kernel_labels, kernel_rows, normalise_rows
+from .numba_rows import REASSOC, TINY, kernel_labels, kernel_rows, normalise_rows, within_torch_threads
 from .reference import (ALL_PAIRS_TILE, AllPairsSums, check_pairwise_args, checked_tile_pairs, near_dot,
                         tile_pairs)
 
 PARTS_PER_THREAD = 4  # contiguous ranges of query rows per thread, each with its own column sums
 
 
+@within_torch_threads
 def all_pairs_class_sums(rows, labels, num_classes: int, *, euclidean: bool = True, cosine_p: float | None = None,
                          zero_eps: float = 0.0, tile: int = ALL_PAIRS_TILE, progress=None, pairs=None) -> AllPairsSums:
     """The contract of `kernels.reference.all_pairs_class_sums`, on NumPy arrays or CPU tensors. The tile

@@ -192,6 +192,8 @@ def near_dot(zero_eps: float) -> float:
     """Products x̂_i·x̂_j above this are recomputed in float64: cosine distances below NEAR_COS_DISTANCE, and every
     pair zero_eps might drop (so that d ≤ zero_eps is decided on the float64 distance). The same on every backend."""
     return 1.0 - max(NEAR_COS_DISTANCE, 10.0 * float(zero_eps))
+
+
 ALL_PAIRS_TILE = 2048
 
 
@@ -249,7 +251,6 @@ def all_pairs_class_sums(rows: torch.Tensor, labels: torch.Tensor, num_classes: 
     x, sq, _ = normalise_rows(rows)
     labels = labels.to(x.device).long()
     n, c = x.shape[0], num_classes
-    xg = x if x.dtype == torch.float64 else x.float()  # float64 input keeps its float64 definition
     new = lambda: torch.zeros(n, c, dtype=torch.float64, device=x.device)  # noqa: E731
     out_e = new() if euclidean else None
     out_c, pairs_c = (new(), new()) if cosine_p is not None else (None, None)
@@ -257,7 +258,7 @@ def all_pairs_class_sums(rows: torch.Tensor, labels: torch.Tensor, num_classes: 
     near = near_dot(zero_eps)
     for done, (i0, j0) in enumerate(todo, 1):
         i1, j1 = min(n, i0 + tile), min(n, j0 + tile)
-        dots = (xg[i0:i1] @ xg[j0:j1].T).double()
+        dots = (x[i0:i1] @ x[j0:j1].T).double()  # float32 products (float64 for float64 rows)
         pair = torch.ones_like(dots, dtype=torch.bool)
         if i0 == j0:
             pair = torch.triu(pair, diagonal=1)

@@ -385,6 +385,8 @@ def test_entry_points_keep_to_torchs_thread_limit_and_give_it_back(threads, monk
         assert torch.get_num_threads() == 1
         numba_cpu.pairwise_class_sums(rows[:50], rows, labels, 4)
         assert torch.get_num_threads() == 1
+        numba_cpu.all_pairs_class_sums(rows[:200], labels[:200], 4, cosine_p=1.0)
+        assert torch.get_num_threads() == 1
         assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS  # numba's own setting restored
     finally:
         torch.set_num_threads(saved)
