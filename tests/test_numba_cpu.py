@@ -406,3 +406,19 @@ def test_thread_choice_follows_the_faster_reading_and_probes_the_other():
     assert picks.count(2) == 2 and picks.count(1) == 6, picks  # every 4th call probes the other choice
     choice.record(2, 1000, 0.5)            # the load went away: all threads again
     assert choice.pick(2, 1000) == 2
+
+
+def test_all_pairs_keeps_a_process_started_with_omp_num_threads_1_on_one_thread():
+    """Under OMP_NUM_THREADS=1 numba's OpenMP launch raised torch's thread count to every core."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, torch\nfrom iimm.kernels import numba_cpu\n"
+            "x = np.random.default_rng(0).standard_normal((200, 40)).astype(np.float32)\n"
+            "numba_cpu.all_pairs_class_sums(x, np.arange(200) % 4, 4, cosine_p=1.0)\n"
+            "print(torch.get_num_threads())\n")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "1"
