@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sqlite3
 import stat
 import time
@@ -89,6 +90,7 @@ _CORE_SCHEMA = [
         PRIMARY KEY (kind, key))""",
 ]
 
+_CORE_NAMES = {re.search(r"EXISTS (\w+)", statement).group(1) for statement in _CORE_SCHEMA}
 
 # Each shard file's size and sha256, recorded when it is written: a truncated or altered shard is found
 # and encoded again instead of being read as data. Rows of older stores have NULLs (checked for presence only).
@@ -149,9 +151,12 @@ class Store:
                              f"writable or pass another --store") from exc
         finally:
             con.close()
-        with self.connect() as con:
-            for statement in _CORE_SCHEMA:
-                con.execute(statement)
+        with self.connect(write=False) as con:  # an existing registry is only read here (no write lock)
+            have = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+        if not _CORE_NAMES <= have:
+            with self.connect() as con:
+                for statement in _CORE_SCHEMA:
+                    con.execute(statement)
         self.migrate("shard_checksums", 1, SHARD_CHECKSUMS)
         self.migrate("set_last_used", 1, ["ALTER TABLE embedding_sets ADD COLUMN last_used REAL"])
         self.migrate("shard_verified", 1, SHARD_VERIFIED)
@@ -184,7 +189,13 @@ class Store:
             con.close()
 
     def migrate(self, module: str, version: int, statements: list[str]) -> bool:
-        """Apply a module's schema statements once per version; True if they ran now."""
+        """Apply a module's schema statements once per version; True if they ran now.
+
+        Every `Store()` asks for each module: the common case (nothing to apply) reads only, beside any writer."""
+        with self.connect(write=False) as con:
+            row = con.execute("SELECT version FROM schema_migrations WHERE module=?", (module,)).fetchone()
+        if row is not None and row["version"] >= version:
+            return False
         with self.connect() as con:
             row = con.execute("SELECT version FROM schema_migrations WHERE module=?", (module,)).fetchone()
             if row is not None and row["version"] >= version:
