@@ -30,12 +30,11 @@ MIN_VAL_IMAGES = 100  # below, one image moves validation accuracy by more than 
 
 def split_keywords(data: DataOptions | None, evaluation: EvalOptions | None,
                    keywords: dict) -> tuple[DataOptions, EvalOptions]:
-    """Fold keyword arguments named after DataOptions / EvalOptions fields (and the older `embed_options`
-    dict) into the two option groups."""
+    """Fold keyword arguments named after DataOptions / EvalOptions fields into the two option groups."""
     data, evaluation = data or DataOptions(), evaluation or EvalOptions()
     data_names = {f.name for f in fields(DataOptions)}
     eval_names = {f.name for f in fields(EvalOptions)}
-    extra = dict(keywords.pop("embed_options", None) or {})
+    extra = {}
     for name, value in keywords.items():
         if name in data_names:
             data = replace(data, **{name: value})
@@ -43,9 +42,6 @@ def split_keywords(data: DataOptions | None, evaluation: EvalOptions | None,
             extra[name] = value
         else:
             raise TypeError(f"finetune() got an unexpected keyword argument {name!r}")
-    unknown = set(extra) - eval_names
-    if unknown:
-        raise TypeError(f"unknown evaluation options: {', '.join(sorted(unknown))}")
     return data, replace(evaluation, **extra)
 
 
