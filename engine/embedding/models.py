@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 
 from ...kernels import resolve_device
 from ...errors import InputError, IimmError
-from ..hashing import hash_json
+from ..hashing import file_sha256, hash_json
 from .model_catalog import MODEL_ALIASES, is_cached
 
 RANDOM_WEIGHTS = "random"
@@ -264,11 +263,7 @@ def file_fingerprint(path: str | os.PathLike, memo: MutableMapping[str, str] | N
     if digest is None:
         digest = stored
     if digest is None:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        digest = "sha256:" + h.hexdigest()
+        digest = "sha256:" + file_sha256(p)
     _HASH_MEMO[key] = digest
     if memo is not None and stored != digest:
         memo[key] = digest

@@ -36,7 +36,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..files import write_atomic
-from ..hashing import hash_json
+from ..hashing import file_sha256, hash_json
 
 BUSY_TIMEOUT_MS = 60_000
 SHARD_KINDS = ("image", "label")
@@ -412,11 +412,7 @@ def write_shard(folder: Path, idx: int, rows: np.ndarray, labels: np.ndarray) ->
 
 def file_digest(path: Path) -> tuple[int, str]:
     """(bytes, sha256 hex) of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return path.stat().st_size, digest.hexdigest()
+    return path.stat().st_size, file_sha256(path)
 
 
 def shard_stats(folder: Path, idx: int) -> dict[str, os.stat_result | None]:
