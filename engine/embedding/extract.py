@@ -228,7 +228,7 @@ class _Run:
         try:
             es = load_embeddings(st.set_dir(set_id))
         except InputError:
-            st.reset_set(set_id)  # files removed by hand: rebuild
+            st.forget_shards(set_id)  # files removed by hand: rebuild
             return None
         st.touch_set(set_id)
         skipped = list(es.meta.get("skipped", []))

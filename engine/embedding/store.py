@@ -271,11 +271,14 @@ class Store:
         with self.connect(write=False) as con:
             return [dict(r) for r in con.execute("SELECT * FROM shards WHERE set_id=? ORDER BY idx", (set_id,))]
 
-    def forget_shards(self, set_id: str, shards: list[int]) -> None:
-        """Drop shards from the registry (their files failed a check): the set is partial until they are
-        encoded again."""
+    def forget_shards(self, set_id: str, shards: list[int] | None = None) -> None:
+        """Drop shards (all of them when None) from the registry (their files failed a check or went missing):
+        the set is partial until they are encoded again."""
         with self.connect() as con:
-            con.executemany("DELETE FROM shards WHERE set_id=? AND idx=?", [(set_id, i) for i in shards])
+            if shards is None:
+                con.execute("DELETE FROM shards WHERE set_id=?", (set_id,))
+            else:
+                con.executemany("DELETE FROM shards WHERE set_id=? AND idx=?", [(set_id, i) for i in shards])
             con.execute("UPDATE embedding_sets SET status='partial', updated=? WHERE id=?", (time.time(), set_id))
 
     def record_shard(self, set_id: str, idx: int, rows: int, skipped: list[str],
@@ -300,12 +303,6 @@ class Store:
         with self.connect() as con:
             con.execute("UPDATE embedding_sets SET status='complete', n_rows=?, n_skipped=?, updated=? WHERE id=?",
                         (n_rows, n_skipped, time.time(), set_id))
-
-    def reset_set(self, set_id: str) -> None:
-        """Forget a set's finished shards (its files went missing) so the next run rebuilds it."""
-        with self.connect() as con:
-            con.execute("DELETE FROM shards WHERE set_id=?", (set_id,))
-            con.execute("UPDATE embedding_sets SET status='partial', updated=? WHERE id=?", (time.time(), set_id))
 
     def record_score_run(self, scores: dict, *, input: str, embedding_set_id: str | None = None,
                          backend: str | None = None, device: str | None = None, version: str | None = None,
