@@ -97,13 +97,18 @@ def map_reduce(fn: Callable[[Any], Any], units: Sequence, merge: Callable[[Any, 
                resources: dict | None = None, on_result: Callable[[int, Any], None] | None = None) -> Any:
     """merge(...merge(merge(initial, fn(u0)), fn(u1))..., fn(un)) in unit order; the first unit that keeps
     failing raises its error (a reduction is all or nothing). With initial None the first result starts it."""
-    results = map_units(fn, units, executor, resources=resources, on_result=on_result)
     total = initial
+    for result in all_or_raise(map_units(fn, units, executor, resources=resources, on_result=on_result)):
+        total = result if total is None else merge(total, result)
+    return total
+
+
+def all_or_raise(results: list) -> list:
+    """`map_units` results when every unit succeeded; else the first failed unit's error is raised."""
     for result in results:
         if isinstance(result, UnitFailure):
             raise result.error
-        total = result if total is None else merge(total, result)
-    return total
+    return results
 
 
 def merge_tree(results: Sequence, merge: Callable[[Any, Any], Any]) -> Any:

@@ -25,7 +25,7 @@ from ...errors import InputError
 from .models import (LoadedModel, ModelPool, ModelSpec, class_text_embeddings, encode_dtype, encode_images,
                      load_model, resolve_device, resolve_model)
 from ..files import write_json_atomic, write_npy_atomic
-from ..distributed import LOCAL, as_executor
+from ..distributed import LOCAL, all_or_raise, as_executor
 from ..hashing import hash_json
 from .store import DEFAULT_SHARD_ROWS, ID_CHARS, SHARD_KINDS, Store, open_store, shard_name, write_shard
 
@@ -301,9 +301,7 @@ class _Run:
         self._report(done[1], n)
         job = ShardJob(self.spec, self.ds, tuple(self.templates), self.dtype, self.batch_size, self.workers,
                        str(self.device), self.max_skip_frac, shard_rows, d, str(folder), image_key)
-        failures = encode_shards(job, remaining, self.executor, record)
-        if failures:
-            raise failures[0].error
+        all_or_raise(encode_shards(job, remaining, self.executor, record))
         return done[0]
 
     # ---- the encoding loop ------------------------------------------------------------------------

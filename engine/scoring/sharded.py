@@ -29,7 +29,7 @@ from ... import __version__
 from ...errors import InputError
 from ...kernels import get_backend
 from ...kernels.reference import ALL_PAIRS_TILE
-from ..distributed import Executor, UnitFailure, as_executor, map_units, ray_get, ray_put
+from ..distributed import Executor, all_or_raise, as_executor, map_units, ray_get, ray_put
 from ..embedding.embedding_set import EmbeddingSet
 from ..embedding.loaders import load_embeddings
 from ..files import write_atomic
@@ -204,7 +204,7 @@ def score_sharded(source: str | os.PathLike, keys: Iterable[str] | str | None = 
             if on_unit:
                 on_unit(k, finished[0], len(units))
 
-        results = dict(zip((u.index for u in todo), _all_or_raise(map_units(job, todo, ex, on_result=count))))
+        results = dict(zip((u.index for u in todo), all_or_raise(map_units(job, todo, ex, on_result=count))))
         plan.add_pass(k, [saved.get(u.index) or results[u.index] for u in units])  # merged in unit order
     plan.all_pairs_sums = ShardedAllPairs(ex, be.name, device, all_pairs_tile, pairs_per_unit)
     values = plan.finalise(es, be)
@@ -221,13 +221,6 @@ class FixedTexts:
 
     def __call__(self, classnames) -> np.ndarray:
         return self.text
-
-
-def _all_or_raise(results: list) -> list:
-    for r in results:
-        if isinstance(r, UnitFailure):
-            raise r.error
-    return results
 
 
 def run_id(source, keys: list[str], options: ScoreOptions, units: list[RowRange], chunk_rows: int,

@@ -17,7 +17,7 @@ import torch
 
 from ...kernels import get_backend
 from ...kernels.reference import ALL_PAIRS_TILE, AllPairsSums, tile_pairs
-from ..distributed import Executor, UnitFailure, as_executor, map_units, ray_get, ray_put
+from ..distributed import Executor, all_or_raise, as_executor, map_units, ray_get, ray_put
 
 DEFAULT_PAIRS_PER_UNIT = 16  # tile pairs of 2048 × 2048 rows per unit: seconds on a CPU worker
 FIELDS = AllPairsSums._fields
@@ -110,9 +110,7 @@ class ShardedAllPairs:
             if progress:
                 progress(done[0], sum(len(g.pairs) for g in groups))
 
-        for result in map_units(job, groups, ex, on_result=add, keep=False):
-            if isinstance(result, UnitFailure):
-                raise result.error
+        all_or_raise(map_units(job, groups, ex, on_result=add, keep=False))
         get = lambda f: torch.from_numpy(total[f]) if f in total else None  # noqa: E731
         pairs = get("cosine_pairs")
         return AllPairsSums(get("euclidean"), get("cosine"), None if pairs is None else pairs.round().long())
