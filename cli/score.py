@@ -105,29 +105,17 @@ def score(embeddings_path, label_column, extract, metrics, fmt, output, backend,
     options = dict(backend=backend, device=device, chunk_rows=chunk_rows, gensil_p=gensil_p, sample=sample, seed=seed,
                    quadratic_limit=quadratic_limit, logit_scale=logit_scale, baseline_sample=baseline_sample,
                    label_embeddings=[load_label_embeddings(f) for f in label_embeddings] or None)
+    class_texts, dataset = _checked_source(embeddings_path, extract, metrics, device)
     if run_on.executor == "ray":
-        report, info = _score_on_ray(embeddings_path, label_column, extract, metrics, options, progress, run_on)
-    elif embeddings_path:
-        if extract.data:
-            raise InputError("--embeddings and --data both given; pass one source of embeddings")
-        if not extract.model and (extract.template or extract.templates or extract.pretrained):
-            raise InputError("--template/--templates/--pretrained with --embeddings need --model M, the model that "
-                             "encodes the class texts of a clip-retrieval folder")
-        class_texts = extract.class_text_encoder(device) if extract.model else None
-        es = load_embeddings(embeddings_path, class_texts=class_texts, label_column=label_column,
-                             classnames=extract.classnames)
-    elif extract.given:
-        from ..engine.scoring.registry import resolve_keys
-        from ..engine.scoring.scores import check_classes
-
-        extract.check()
-        dataset = extract.dataset()  # its classes are checked before any image is encoded
-        check_classes(resolve_keys(metrics), dataset.class_counts(), dataset.classnames)
-        with ProgressBar(unit="img", enabled=progress) as bar:
-            es, info = extract.embed(device=device, progress=bar, data=dataset)
+        report, info = _score_on_ray(embeddings_path, label_column, extract, dataset, class_texts, metrics, options,
+                                     progress, run_on)
     else:
-        raise InputError("no embeddings to score; pass --embeddings PATH, or --model M --data PATH")
-    if run_on.executor != "ray":
+        if dataset is None:
+            es = load_embeddings(embeddings_path, class_texts=class_texts, label_column=label_column,
+                                 classnames=extract.classnames)
+        else:
+            with ProgressBar(unit="img", enabled=progress) as bar:
+                es, info = extract.embed(device=device, progress=bar, data=dataset)
         with ProgressBar(enabled=progress) as bar:
             report = score_embeddings(es, metrics, progress=bar, on_estimate=lambda est: tell_estimate(bar, est),
                                       **options)
@@ -145,24 +133,39 @@ def score(embeddings_path, label_column, extract, metrics, fmt, output, backend,
 
 
 
-def _score_on_ray(embeddings_path, label_column, extract, metrics, options: dict, progress: bool, run_on):
+def _checked_source(embeddings_path, extract, metrics, device):
+    """The one source of embeddings, checked before any work -> (class texts of a clip-retrieval folder or None,
+    the listed dataset to encode or None); a dataset's classes are checked before any image is encoded."""
+    if embeddings_path:
+        if extract.data:
+            raise InputError("--embeddings and --data both given; pass one source of embeddings")
+        if not extract.model and (extract.template or extract.templates or extract.pretrained):
+            raise InputError("--template/--templates/--pretrained with --embeddings need --model M, the model that "
+                             "encodes the class texts of a clip-retrieval folder")
+        return (extract.class_text_encoder(device) if extract.model else None), None
+    if not extract.given:
+        raise InputError("no embeddings to score; pass --embeddings PATH, or --model M --data PATH")
+    from ..engine.scoring.registry import resolve_keys
+    from ..engine.scoring.scores import check_classes
+
+    extract.check()
+    dataset = extract.dataset()
+    check_classes(resolve_keys(metrics), dataset.class_counts(), dataset.classnames)
+    return None, dataset
+
+
+def _score_on_ray(embeddings_path, label_column, extract, dataset, class_texts, metrics, options: dict,
+                  progress: bool, run_on):
     """(ScoreReport, EmbedInfo or None) of the embeddings scored as Ray tasks, one per shard file and pass."""
     from ..engine.embedding.store import open_store
     from ..engine.scoring.sharded import score_sharded
 
     info = None
-    class_texts = None
-    if embeddings_path:
-        if extract.data:
-            raise InputError("--embeddings and --data both given; pass one source of embeddings")
-        source = embeddings_path
-        class_texts = extract.class_text_encoder(options["device"]) if extract.model else None
-    elif extract.given:
+    source = embeddings_path
+    if dataset is not None:
         with ProgressBar(unit="img", enabled=progress) as bar:
-            _, info = extract.embed(device=options["device"], progress=bar, executor=run_on.build())
+            _, info = extract.embed(device=options["device"], progress=bar, executor=run_on.build(), data=dataset)
         source = info.location
-    else:
-        raise InputError("no embeddings to score; pass --embeddings PATH, or --model M --data PATH")
     with ProgressBar(unit="unit", enabled=progress) as bar:
         report = score_sharded(source, metrics, executor=run_on.build(), class_texts=class_texts,
                                label_column=label_column, classnames=extract.classnames,

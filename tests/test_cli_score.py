@@ -65,6 +65,9 @@ def test_table_and_csv(npz, tmp_path):
     (["--backend", "cuda-magic"], "'cuda-magic' is not one of 'auto', 'torch', 'numba', 'triton'"),  # a click.Choice
     (["--backend", "triton", "--device", "cpu"], "triton backend needs a CUDA GPU"),
     (["--device", "cuda"], "no CUDA GPU is visible"),
+    (["--template", "a photo of {}."], "with --embeddings need --model M"),
+    (["--template", "a photo of {}.", "--executor", "ray"], "with --embeddings need --model M"),  # checked before Ray
+    (["--data", "imgs", "--executor", "ray"], "--embeddings and --data both given"),
 ])
 def test_bad_options_are_one_line_errors(npz, capsys, args, message, tmp_path, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
