@@ -1,6 +1,7 @@
 """Catalog files: parsing, path resolution and one-line validation errors naming table and key."""
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -68,6 +69,16 @@ def test_paths_resolve_against_the_catalog_folder_not_cwd(tree, monkeypatch, tmp
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
     cat = load_catalog(write(tree, '[[dataset]]\nname = "e"\npath = "data/eurosat"\n'))
     assert cat.datasets[0].path == tree / "data" / "eurosat"
+
+
+def test_an_existing_folder_with_an_at_sign_is_a_path_not_name_at_root(tree, monkeypatch, tmp_path_factory):
+    """As `--data` reads it: a string that is an existing path is a path even if it holds an `@`."""
+    (tree / "data" / "run@2" / "cat").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))  # exists relative to the catalog, not the cwd
+    cat = load_catalog(write(tree, '[[dataset]]\nname = "r"\npath = "data/run@2"\n'))
+    assert cat.datasets[0].path == tree / "data" / "run@2"
+    named = load_catalog(write(tree, '[[dataset]]\nname = "c"\npath = "cifar10@data"\n'), check_paths=False)
+    assert named.datasets[0].path == Path(f"cifar10@{tree / 'data'}")
 
 
 def test_check_paths_false_accepts_missing_paths(tree):

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from ..embedding.data import MANIFEST_EXTENSIONS, load_classnames
 from ..embedding.prompts import PLACEHOLDER, list_template_sets
+from ..embedding.sources import split_named_source
+from ..embedding.sources.webdataset import is_brace_pattern
 from ...errors import InputError
 
 if sys.version_info >= (3, 11):
@@ -159,7 +161,7 @@ def _parse_dataset(table: dict, where: _Where, base: Path, check: bool) -> Datas
             "is missing; give the dataset folder as path, or a CSV/JSONL file as manifest"
         raise where.error("path", problem)
     fields = {"name": name}
-    if has_path and _is_named_source(table["path"]):
+    if has_path and _is_named_source(table["path"], base):
         fields["path"] = _named_source(table["path"], base)
     elif has_path:
         fields["path"] = _existing_path(table["path"], "path", where, base, check)
@@ -188,7 +190,7 @@ def _test(value, images: Path, where: _Where, base: Path, check: bool) -> dict:
         return {"test_path": _existing_path(value, "test", where, base, check)}
     if not SPLIT_NAME.match(value):
         raise where.error("test", f"{value!r} is neither a split name (letters, digits, _ . -) nor a path")
-    if images.suffix.lower() not in MANIFEST_EXTENSIONS and not _is_named_source(str(images)):
+    if images.suffix.lower() not in MANIFEST_EXTENSIONS and not _is_named_source(str(images), base):
         raise where.error("test", f"names the split {value!r}, but only a manifest (.csv/.jsonl) has splits; give "
                                   f"the test images' folder as a path (e.g. \"./{value}\")")
     return {"test_split": value}
@@ -239,16 +241,17 @@ def _templates(value, where: _Where, base: Path, check: bool) -> dict:
     return {"templates": tuple(value)}
 
 
-def _is_named_source(value) -> bool:
-    """NAME@ROOT, wilds:NAME@ROOT or a webdataset brace pattern: read by `engine.embedding.sources`, which
-    names what is missing itself."""
-    return isinstance(value, str) and ("@" in value or ("{" in value and ".tar" in value))
+def _is_named_source(value, base: Path) -> bool:
+    """NAME@ROOT, wilds:NAME@ROOT or a webdataset brace pattern (not an existing path that holds an `@`): read
+    by `engine.embedding.sources`, which names what is missing itself."""
+    return isinstance(value, str) and (split_named_source(value, base) is not None or is_brace_pattern(value))
 
 
 def _named_source(value: str, base: Path) -> Path:
     """The source string with its ROOT (or shard pattern) made absolute against the catalog's folder."""
-    if "@" in value:
-        name, root = value.split("@", 1)
+    named = split_named_source(value, base)
+    if named is not None:
+        name, root = named
         root_path = Path(root).expanduser()
         return Path(f"{name}@{root_path if root_path.is_absolute() else base / root_path}")
     pattern = Path(value).expanduser()

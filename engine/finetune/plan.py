@@ -16,6 +16,7 @@ import torch
 
 from ...errors import InputError
 from ..embedding.data import ImageDataset, load_image_dataset
+from ..embedding.sources import split_named_source
 from ..embedding.store import Store, open_store
 from ..files import write_json_atomic
 from .config import DataOptions, EvalOptions
@@ -178,8 +179,9 @@ def eval_sets(evals) -> dict[str, EvalTask]:
 def name_of(data) -> str:
     """A task's default name: its folder's name, its manifest's stem, or the NAME of NAME@ROOT."""
     root = data.root if isinstance(data, ImageDataset) else str(data)
-    if "@" in root and not os.path.exists(root):
-        return root.split("@", 1)[0].split(":")[-1]
+    named = split_named_source(root)
+    if named is not None:
+        return named[0].split(":")[-1]
     p = Path(os.path.normpath(root))
     return p.stem if p.suffix.lower() in (".csv", ".jsonl") else p.name
 

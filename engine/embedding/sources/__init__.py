@@ -20,10 +20,23 @@ from ..data import ImageDataset
 WILDS_PREFIX = "wilds:"
 
 
+def split_named_source(spec: str, base: Path | None = None) -> tuple[str, str] | None:
+    """(NAME, ROOT) of NAME@ROOT or wilds:NAME@ROOT, or None: no `@`, or an existing path (relative ones
+    against `base`, else the working folder) that happens to hold one."""
+    if "@" not in spec:
+        return None
+    path = Path(spec).expanduser()
+    if (path if base is None or path.is_absolute() else base / path).exists():
+        return None
+    name, root = spec.split("@", 1)
+    return name, root
+
+
 def open_source(spec: str, classnames=None, label_key: str | None = None) -> ImageDataset | None:
     """The ImageDataset `spec` names, or None when it is a plain folder tree or manifest (or nothing)."""
-    if "@" in spec and not Path(spec).expanduser().exists():
-        name, root = spec.split("@", 1)
+    named = split_named_source(spec)
+    if named is not None:
+        name, root = named
         if name.lower().startswith(WILDS_PREFIX):
             from .wilds import load_wilds
             return load_wilds(name[len(WILDS_PREFIX):].lower(), root, classnames)

@@ -42,9 +42,14 @@ class Member(NamedTuple):
     size: int
 
 
+def is_brace_pattern(spec: str) -> bool:
+    """'dir/{00000..00099}.tar' and the like: shards named by a pattern, decided from the string alone."""
+    return "{" in spec and "}" in spec and ".tar" in spec
+
+
 def is_shard_spec(spec: str) -> bool:
     """True when `spec` names webdataset shards (a brace pattern, a .tar, a .txt list, a folder holding .tar)."""
-    if "{" in spec and "}" in spec and ".tar" in spec:
+    if is_brace_pattern(spec):
         return True
     p = Path(spec).expanduser()
     if p.is_file() and p.suffix.lower() == ".txt":
