@@ -22,10 +22,7 @@ _EXPORTS = {
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = ["finetune", "FinetuneResult", "EvalTask", "DataOptions", "EvalOptions", "METHODS", "MethodOptions",
-           "TrainConfig", "DEFAULT_LR", "TunedModel", "tune_model", "trainable_parameters", "base_state_dict",
-           "list_finetune_records", "load_finetuned", "read_checkpoint", "Accuracy", "accuracy", "outcome",
-           "summarize_seeds", "TaskSplits", "split_task", "few_shot_subset", "stratified_split", "learning_rate"]
+__all__ = ["DEFAULT_LR", "METHODS", "DataOptions", "EvalOptions", "MethodOptions", "TrainConfig", *_WHERE]
 
 
 def __getattr__(name: str):

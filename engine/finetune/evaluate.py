@@ -86,7 +86,7 @@ def accuracy(tuned, ds: ImageDataset, class_emb: torch.Tensor, transform: Callab
                                          num_workers=workers, collate_fn=collate_skipping,
                                          pin_memory=device.type == "cuda")
     correct = total = done = 0
-    loss_sum = torch.zeros((), dtype=torch.float64 if device.type != "mps" else torch.float32, device=device)
+    loss_sum = loss_total(device)
     skipped: list[str] = []
     try:
         with torch.no_grad(), autocast(device):
@@ -146,3 +146,8 @@ def summarize_seeds(zeroshot_acc: float, ood_before: dict[str, float], after: li
 
 def _std(values: list) -> float | None:
     return None if any(v is None for v in values) else statistics.stdev(values)
+
+
+def loss_total(device: torch.device) -> torch.Tensor:
+    """A zero scalar to add losses into on `device`: float64, except float32 on MPS (which has no float64)."""
+    return torch.zeros((), dtype=torch.float64 if device.type != "mps" else torch.float32, device=device)

@@ -30,6 +30,7 @@ from torch.nn.utils import parametrize
 from torch.utils.checkpoint import checkpoint
 
 from ...errors import InputError
+from ..embedding.models import TEXT_BATCH
 from .config import METHODS, MethodOptions  # noqa: F401 - re-exported
 from .lora import add_lora, fused_qv_blocks
 
@@ -38,7 +39,7 @@ BLOCK_CONTAINERS = ("resblocks", "blocks", "layer", "layers")
 FROZEN_NAMES = ("logit_scale", "logit_bias")
 NON_CONTRASTIVE_PREFIXES = ("text_decoder.",)
 ADAPTER_RESIDUAL_RATIO = 0.2
-TEXT_CHUNK = 256  # prompts per text-tower pass (as `encode_texts` encodes class texts for scoring)
+TEXT_CHUNK = TEXT_BATCH  # prompts per text-tower pass, as `encode_texts` encodes class texts for scoring
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,7 @@ def zero_shot_baseline(plan: RunPlan, progress) -> Baseline:
     test split and on every other task; results are kept in the store when caching is on."""
     from ..embedding.extract import embed_dataset
     from ..embedding.models import ModelPool
+    from ..scoring.stored import stored_scores
 
     ev = plan.evaluation
     pool = ModelPool()  # one load serves the embedding and the first seed, which then trains it in place
@@ -113,7 +114,9 @@ def zero_shot_baseline(plan: RunPlan, progress) -> Baseline:
                                  device=plan.device, workers=plan.workers, progress=progress, models=pool,
                                  **ev.embed_kwargs())
     memo = plan.store if ev.use_cache else None
-    scores = _zero_shot_scores(es, embedded.set_id, memo, ev.score_backend, plan.device, progress)
+    # every embedding score of the zero-shot embeddings, computed once per embedding set when memo is a Store
+    scores = stored_scores(es, embedded.set_id, memo, backend=ev.score_backend, device=plan.device,
+                           progress=progress)[0]
     lm = pool.get(plan.spec, plan.device)
     tokens = prompt_tokens(lm.tokenizer, plan.classnames, plan.prompts, plan.device)
     zero_shot = TunedModel(lm.model, None, MethodOptions(), 0, lm.logit_scale, lm.logit_bias)
@@ -162,14 +165,6 @@ class ZeroShotAccuracy:
         if self.memo:
             self.memo.put_result("zeroshot_accuracy", key, {"correct": acc.correct, "total": acc.total})
         return value
-
-
-def _zero_shot_scores(es, set_id: str | None, memo, backend: str, device: torch.device,
-                      progress) -> dict[str, float]:
-    """Every embedding score of the zero-shot embeddings, computed once per embedding set when `memo` is a Store."""
-    from ..scoring.stored import stored_scores
-
-    return stored_scores(es, set_id, memo, backend=backend, device=device, progress=progress)[0]
 
 
 # ---- the seeds ----------------------------------------------------------------------------------------

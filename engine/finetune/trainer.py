@@ -25,7 +25,7 @@ from ..embedding.data import ImageDataset, collate_skipping
 from ...errors import InputError
 from ..embedding.models import encode_dtype
 from .config import TrainConfig
-from .evaluate import accuracy, autocast, class_embeddings
+from .evaluate import accuracy, autocast, class_embeddings, loss_total
 from .interrupt import StopSignals
 from .records import (CHECKPOINT_FILE, RESUME_FILE, RESUME_FORMAT, load_tensors, load_trainable, save_checkpoint,
                       save_tensors)
@@ -205,7 +205,7 @@ def _train_seed(tuned, train_ds, val_ds, tokens, num_classes, train_transform, e
         sampler.set_epoch(epoch)
         tuned.train()
         # running sums stay on the device: reading them every step would wait for the GPU three times a step
-        loss_sum = torch.zeros((), dtype=torch.float64 if device.type != "mps" else torch.float32, device=device)
+        loss_sum = loss_total(device)
         hits = torch.zeros((), dtype=torch.int64, device=device)
         finite = torch.ones((), dtype=torch.bool, device=device)
         seen, reported = 0, time.perf_counter()
