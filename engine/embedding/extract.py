@@ -281,7 +281,7 @@ class _Run:
 
         folder = st.set_dir(set_id)
         n = len(self.ds)
-        done = [0, n - sum(min(n, (s + 1) * shard_rows) - s * shard_rows for s in todo), 0]  # encoded, items, skips
+        done = [0, n - sum(len(_shard_items(s, shard_rows, n)) for s in todo), 0]  # encoded, items, skips
 
         def record(marker: dict) -> None:
             st.record_shard(set_id, marker["shard"], marker["rows"], marker["skipped"], marker.get("files"))
@@ -346,8 +346,7 @@ class _Run:
                 done += 0 if images is None else len(idx)
                 done += len(skipped)
                 for s in sorted(pending):
-                    size = min(n, (s + 1) * shard_rows) - s * shard_rows
-                    if pending[s].count == size:
+                    if pending[s].count == len(_shard_items(s, shard_rows, n)):
                         buf = pending.pop(s)
                         sink(s, buf.rows(d, store_dtype), buf.labels(), buf.skipped)
                 self._report(done, n)
@@ -430,13 +429,18 @@ def shard_batches(shards: list[int], shard_rows: int, n: int, batch_size: int) -
     """
     batches = []
     for s in shards:
-        stop = min(n, (s + 1) * shard_rows)
-        batches += [list(range(i, min(stop, i + batch_size))) for i in range(s * shard_rows, stop, batch_size)]
+        items = _shard_items(s, shard_rows, n)
+        batches += [list(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
     return batches
 
 
 def _n_shards(n: int, shard_rows: int) -> int:
     return (n + shard_rows - 1) // shard_rows
+
+
+def _shard_items(s: int, shard_rows: int, n: int) -> range:
+    """The dataset items of shard s (the last shard may be short)."""
+    return range(s * shard_rows, min(n, (s + 1) * shard_rows))
 
 
 def _link_shards(st: Store, donor_id: str, set_id: str) -> None:
