@@ -10,7 +10,7 @@ import click
 from ..engine.files import write_atomic
 from ..engine.finetune.config import METHODS, EvalOptions
 from .commands import command
-from .device_options import backend_option, device_option
+from .device_options import backend_option, device_option, store_option
 from .executor_options import executor_options
 from .finetune import TrainingProgress
 from .render import table, to_csv, writable_path
@@ -54,8 +54,7 @@ def fit_table(calibration) -> str:
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader workers (default: cores − 1).")
 @device_option()
 @backend_option("Backend of the zero-shot scores.")
-@click.option("--store", type=click.Path(file_okay=False), envvar="IIMM_HOME",
-              help="Store folder [default: $IIMM_HOME, else ~/.cache/iimm].")
+@store_option("Store folder [default: $IIMM_HOME, else ~/.cache/iimm].")
 @click.option("--permutations", type=click.IntRange(min=0), default=999, show_default=True,
               help="Permutations of the weighted-τ p-values (0: none).")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), callback=writable_path,

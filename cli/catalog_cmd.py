@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from .commands import COMMANDS
+from .commands import command
 from .render import emit, writable_path
 
 
-@click.group("catalog", help=COMMANDS["catalog"].short, short_help=COMMANDS["catalog"].short)
+@command("catalog", cls=click.Group)
 def catalog_cmd():
-    pass
+    """A catalog is the TOML file `calibrate` and `screen` read: one [[dataset]] table per task."""
 
 
 @catalog_cmd.command("init")

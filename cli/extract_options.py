@@ -16,6 +16,7 @@ from ..engine.embedding.model_catalog import MODEL_ALIASES
 from ..engine.embedding.prompts import list_template_sets
 from ..engine.embedding.store import DEFAULT_SHARD_ROWS
 from ..errors import InputError
+from .device_options import store_option
 from .option_group import option_group
 
 ENCODE_BATCH_DEFAULT = 64
@@ -137,8 +138,7 @@ _OPTIONS = [
     click.option("--no-cache", is_flag=True, help="Neither read nor write the embedding store."),
     click.option("--max-skip-frac", type=click.FloatRange(0, 1), default=0.05, show_default=True,
                  help="Fail when more than this fraction of the images cannot be read."),
-    click.option("--store", type=click.Path(file_okay=False), envvar="IIMM_HOME",
-                 help="Embedding store folder [default: $IIMM_HOME, else ~/.cache/iimm]."),
+    store_option(),
     click.option("--shard-rows", type=click.IntRange(min=1), default=DEFAULT_SHARD_ROWS, show_default=True,
                  help="Images per store shard, the unit an interrupted run resumes from (a set already begun "
                       "keeps its own)."),

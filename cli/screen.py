@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .commands import command
-from .device_options import backend_option, device_option
+from .device_options import backend_option, device_option, store_option
 from .executor_options import executor_options
 from .progress import ProgressBar
 from .render import FORMATS, emit, table, to_csv, to_json, writable_path
@@ -53,8 +53,7 @@ def screen_table(result) -> str:
 @device_option()
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader workers (default: cores − 1).")
-@click.option("--store", type=click.Path(file_okay=False), envvar="IIMM_HOME",
-              help="Embedding store [default: $IIMM_HOME, else ~/.cache/iimm].")
+@store_option()
 @click.option("--max-skip-frac", type=click.FloatRange(0, 1), default=0.05, show_default=True,
               help="Fail a dataset when more than this fraction of its images cannot be read.")
 @click.option("--include-probes", is_flag=True, help="Also screen the catalog's probe-only datasets.")

@@ -8,17 +8,17 @@ import time
 import click
 
 from .commands import command
+from .device_options import store_option
 from .render import emit, table, to_json
 
-STORE_OPTION = click.option("--store", type=click.Path(file_okay=False), envvar="IIMM_HOME",
-                            help="Embedding store folder [default: $IIMM_HOME, else ~/.cache/iimm].")
+STORE_OPTION = store_option()
 YES_OPTION = click.option("--yes", is_flag=True, help="Remove; without it, only list what would be removed.")
 
 
-def _open(store):
-    from ..engine.embedding.store import Store
+def _open_store(store):
+    from ..engine.embedding.store import open_store
 
-    return Store(store)
+    return open_store(store)
 
 
 def human_bytes(n: float) -> str:
@@ -52,7 +52,7 @@ def ls(store, fmt):
     """List the embedding sets: id, model, data, rows, size on disk, last use."""
     from ..engine.embedding.store_maintenance import list_sets
 
-    st = _open(store)
+    st = _open_store(store)
     sets = list_sets(st)
     if fmt == "json":
         emit(to_json([s.to_dict() for s in sets]), None)
@@ -75,7 +75,7 @@ def check(store):
     """
     from ..engine.embedding.store_maintenance import check_store
 
-    st = _open(store)
+    st = _open_store(store)
     problems = check_store(st)
     for p in problems:
         click.echo(f"{p.set_id or '-'}  {p.path}: {p.what}")
@@ -98,7 +98,7 @@ def rm(set_ids, store, yes):
     """Remove embedding sets by id (or a unique prefix of 4+ characters, see `iimm store ls`)."""
     from ..engine.embedding.store_maintenance import remove_sets, resolve_set_ids
 
-    st = _open(store)
+    st = _open_store(store)
     _report(remove_sets(st, resolve_set_ids(st, list(set_ids)), dry_run=not yes))
 
 
@@ -110,7 +110,7 @@ def gc(store, yes):
     are gone, and temporary files of killed runs (older than an hour). Finished sets stay."""
     from ..engine.embedding.store_maintenance import collect_garbage
 
-    _report(collect_garbage(_open(store), dry_run=not yes))
+    _report(collect_garbage(_open_store(store), dry_run=not yes))
 
 
 def _report(removal) -> None:
