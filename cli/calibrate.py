@@ -85,7 +85,7 @@ def calibrate_cmd(catalog, model, pretrained, methods, training, batch_size, tes
     for method in methods:
         cal = run.calibrations[method]
         if cal is None:
-            click.echo(f"iimm: {method}: no calibration: {run.unfitted[method]}; {run.advice[method]}", err=True)
+            click.echo(f"iimm: {method}: no calibration: {run.unfitted[method]}; {run.advice(method)}", err=True)
             continue
         json_path, png_path, tau_path = output_paths(output, method, several)
         cal.to_json(json_path)

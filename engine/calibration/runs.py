@@ -42,7 +42,17 @@ class CalibrationRun:
     records: dict[str, list[dict]] = field(default_factory=dict)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (task, method, one-line error)
     unfitted: dict[str, str] = field(default_factory=dict)
-    advice: dict[str, str] = field(default_factory=dict)  # per unfitted method, what to change (`fit_advice`)
+
+    def fail(self, task: str, method: str, error: BaseException, on_failure=None) -> None:
+        """Keep a fine-tune's failure (task, method, one-line error) and tell `on_failure`."""
+        message = one_line(error)
+        self.failures.append((task, method, message))
+        if on_failure:
+            on_failure(task, method, message)
+
+    def advice(self, method: str) -> str:
+        """For an unfitted method, what to change (`fit_advice` of its records)."""
+        return fit_advice(self.records.get(method, []))
 
 
 def task_data(ds: Dataset) -> tuple[str | ImageDataset, str | ImageDataset | None]:
@@ -140,33 +150,24 @@ def calibrate(catalog: Catalog, model: str, methods: Sequence[str], *, pretraine
     executor = as_executor(executor)
     if executor.is_ray:
         job = FineTuneCells(catalog, model, pretrained, config, options, runs, device, workers, str(st.root))
-        records = job.run_all(methods, executor, run, progress, on_failure)
-        for method in methods:
-            run.records[method] = records[method]
-            run.calibrations[method], reason = fit_method(records[method], model, method, permutations)
-            if reason is not None:
-                run.unfitted[method] = reason
-                run.advice[method] = fit_advice(records[method])
-        return run
-    for m, method in enumerate(methods):
-        records = []
-        for t, ds in enumerate(targets):
-            if progress is not None:
-                progress("task", m * len(targets) + t + 1, total, {"task": ds.name, "method": method})
-            try:
-                records.append(fine_tune_task(tasks, ds, model, method, pretrained=pretrained, config=config,
-                                              options=options, runs=runs, device=device, workers=workers, store=st,
-                                              progress=progress))
-            except Exception as exc:  # noqa: BLE001 - one task's failure is reported, the others go on
-                message = one_line(exc)
-                run.failures.append((ds.name, method, message))
-                if on_failure:
-                    on_failure(ds.name, method, message)
-        run.records[method] = records
-        run.calibrations[method], reason = fit_method(records, model, method, permutations)
+        run.records.update(job.run_all(methods, executor, run, progress, on_failure))
+    else:
+        for m, method in enumerate(methods):
+            run.records[method] = []
+            for t, ds in enumerate(targets):
+                if progress is not None:
+                    progress("task", m * len(targets) + t + 1, total, {"task": ds.name, "method": method})
+                try:
+                    run.records[method].append(fine_tune_task(tasks, ds, model, method, pretrained=pretrained,
+                                                              config=config, options=options, runs=runs,
+                                                              device=device, workers=workers, store=st,
+                                                              progress=progress))
+                except Exception as exc:  # noqa: BLE001 - one task's failure is reported, the others go on
+                    run.fail(ds.name, method, exc, on_failure)
+    for method in methods:
+        run.calibrations[method], reason = fit_method(run.records[method], model, method, permutations)
         if reason is not None:
             run.unfitted[method] = reason
-            run.advice[method] = fit_advice(records)
     return run
 
 
@@ -211,10 +212,7 @@ class FineTuneCells:
         def finished(i, outcome):
             done[0] += 1
             if isinstance(outcome, UnitFailure):
-                message = one_line(outcome.error)
-                run.failures.append((cells[i][1], cells[i][0], message))
-                if on_failure:
-                    on_failure(cells[i][1], cells[i][0], message)
+                run.fail(cells[i][1], cells[i][0], outcome.error, on_failure)
             if progress is not None:
                 progress("task", done[0], len(cells), {"task": cells[i][1], "method": cells[i][0]})
 
