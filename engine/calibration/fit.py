@@ -25,6 +25,10 @@ from ..files import write_atomic
 CALIBRATION_FORMAT = "iimm-calibration"
 CALIBRATION_VERSION = 1
 OUTCOMES = ("gain", "normalized_gain", "forgetting")
+
+
+class ConstantOutcome(InputError):
+    """An outcome that is the same on every task: nothing to fit, which the calibration says in its own words."""
 MIN_TASKS = 3  # a line through n points has n-2 residual degrees of freedom; LOO needs 2 left
 
 
@@ -267,16 +271,19 @@ def fit_calibration(records: Sequence[dict], model: str, method: str, score_key:
     keys = [score_key] + [k for k in compare_keys if k != score_key]
     fits: dict[str, dict[str, LinearFit]] = {}
     skipped: dict[str, str] = {}
+    constant = set()  # (key, outcome) whose outcome does not vary
     for key in keys:
         for outcome in OUTCOMES:
             try:
                 fits.setdefault(key, {})[outcome] = _fit_points(points, key, outcome)
             except InputError as exc:
                 skipped[f"{key}/{outcome}"] = str(exc)
+                if isinstance(exc, ConstantOutcome):
+                    constant.add((key, outcome))
     fits = {k: v for k, v in fits.items() if v}
     if score_key not in fits:
         why = {k.split("/", 1)[1]: v for k, v in skipped.items() if k.startswith(score_key + "/")}
-        same = [o for o, v in why.items() if "is the same on all" in v]
+        same = [o for o in why if (score_key, o) in constant]
         listed = ", ".join(same[:-1]) + (" and " if len(same) > 1 else "") + same[-1] if same else ""
         parts = [f"{listed} {'is' if len(same) == 1 else 'are each'} the same on all {len(points)} "
                  f"tasks, so there is no relation to fit"] if same else []
@@ -300,7 +307,7 @@ def fit_line(score: np.ndarray, outcome: np.ndarray, tasks: Sequence[str], score
     if np.ptp(x) == 0:
         raise InputError(f"{score_key} is the same on all {n} tasks; a fit needs different scores")
     if np.ptp(y) == 0:
-        raise InputError(f"{outcome_name} is the same on all {n} tasks; there is no relation to fit")
+        raise ConstantOutcome(f"{outcome_name} is the same on all {n} tasks; there is no relation to fit")
     res = stats.linregress(x, y)
     fitted = res.intercept + res.slope * x
     sse = float(np.sum((y - fitted) ** 2))

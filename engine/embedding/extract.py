@@ -448,7 +448,7 @@ def _link_shards(st: Store, donor_id: str, set_id: str) -> None:
     src, dst = st.set_dir(donor_id), st.set_dir(set_id)
     recorded = {r["idx"]: r for r in st.shard_records(donor_id)}
     for idx, (rows, skipped) in sorted(st.finished_shards(donor_id).items()):
-        for kind in ("image", "label"):
+        for kind in SHARD_KINDS:
             tmp = dst / f".{shard_name(kind, idx)}.{os.getpid()}.link"
             try:
                 os.link(src / shard_name(kind, idx), tmp)
